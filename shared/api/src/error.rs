@@ -1,0 +1,258 @@
+//! [`ApiError`]: a gRPC code, a machine-readable reason and, for bad input, the
+//! fields at fault. Internal causes are logged here and never sent to clients.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `google.rpc.ErrorInfo.domain` of every Mosaic error.
+pub const DOMAIN: &str = "mosaic";
+
+/// Result alias used by handlers and storage code.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// One `google.rpc.BadRequest.FieldViolation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+/// An error on its way to a client. Construct with the named constructors; each
+/// documents its code.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    code: Code,
+    reason: String,
+    message: String,
+    violations: Vec<FieldViolation>,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    fn new(code: Code, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+            violations: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// INVALID_ARGUMENT, reason `INVALID_ARGUMENT`, one field named.
+    pub fn invalid_argument(field: impl Into<String>, description: impl Into<String>) -> Self {
+        let mut v = Violations::new();
+        v.add(field, description);
+        v.into_error()
+    }
+
+    /// NOT_FOUND with a reason such as `TENANT_NOT_FOUND`. Also what another
+    /// tenant's resource looks like: its existence is never revealed.
+    pub fn not_found(reason: &str, message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, reason, message)
+    }
+
+    /// ALREADY_EXISTS with the field whose value is taken.
+    pub fn already_exists(reason: &str, field: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(Code::AlreadyExists, reason, message);
+        e.violations.push(FieldViolation {
+            field: field.to_owned(),
+            description: "already in use".to_owned(),
+        });
+        e
+    }
+
+    /// ABORTED: a stale etag or a lost race; the client may re-read and retry.
+    pub fn aborted(reason: &str, message: impl Into<String>) -> Self {
+        Self::new(Code::Aborted, reason, message)
+    }
+
+    /// FAILED_PRECONDITION: the request is valid but the resource's state forbids it.
+    pub fn failed_precondition(reason: &str, message: impl Into<String>) -> Self {
+        Self::new(Code::FailedPrecondition, reason, message)
+    }
+
+    /// UNAUTHENTICATED: no valid credential.
+    pub fn unauthenticated(reason: &str, message: impl Into<String>) -> Self {
+        Self::new(Code::Unauthenticated, reason, message)
+    }
+
+    /// PERMISSION_DENIED: authenticated, but the role is too weak.
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(Code::PermissionDenied, "PERMISSION_DENIED", message)
+    }
+
+    /// RESOURCE_EXHAUSTED with a retry delay (`google.rpc.RetryInfo`).
+    pub fn resource_exhausted(reason: &str, retry_after: Duration) -> Self {
+        let mut e = Self::new(Code::ResourceExhausted, reason, "rate limit exceeded, retry later");
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    /// UNAVAILABLE: a dependency is down or saturated; safe to retry.
+    pub fn unavailable(reason: &str, message: impl Into<String>) -> Self {
+        Self::new(Code::Unavailable, reason, message)
+    }
+
+    /// DEADLINE_EXCEEDED.
+    pub fn deadline_exceeded(message: impl Into<String>) -> Self {
+        Self::new(Code::DeadlineExceeded, "DEADLINE_EXCEEDED", message)
+    }
+
+    /// INTERNAL. The cause is logged with its context; the client sees only
+    /// "internal error".
+    #[track_caller]
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        let at = std::panic::Location::caller();
+        tracing::error!(error = %cause, at = %at, "internal error");
+        Self::new(Code::Internal, "INTERNAL", "internal error")
+    }
+
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn violations(&self) -> &[FieldViolation] {
+        &self.violations
+    }
+
+    /// Prefixes every violated field with `parent.` (a nested message).
+    pub fn within(mut self, parent: &str) -> Self {
+        for v in &mut self.violations {
+            v.field = format!("{parent}.{}", v.field);
+        }
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} {}: {}", self.code, self.reason, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let mut details = ErrorDetails::with_error_info(e.reason.clone(), DOMAIN, []);
+        if !e.violations.is_empty() {
+            details.set_bad_request(
+                e.violations
+                    .iter()
+                    .map(|v| tonic_types::FieldViolation::new(&v.field, &v.description))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        if let Some(d) = e.retry_after {
+            details.set_retry_info(Some(d));
+        }
+        let message = if e.violations.is_empty() {
+            e.message
+        } else {
+            let fields: Vec<String> = e
+                .violations
+                .iter()
+                .map(|v| format!("{}: {}", v.field, v.description))
+                .collect();
+            format!("{} ({})", e.message, fields.join("; "))
+        };
+        Status::with_error_details(e.code, message, details)
+    }
+}
+
+/// Collects every bad field of a request, so a client learns all of them at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    /// Keeps the value of a successful parse; records the violations of a failed one.
+    pub fn take<T>(&mut self, r: ApiResult<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) if e.code == Code::InvalidArgument && !e.violations.is_empty() => {
+                self.0.extend(e.violations);
+                None
+            }
+            Err(e) => {
+                self.0.push(FieldViolation {
+                    field: String::new(),
+                    description: e.message,
+                });
+                None
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn into_error(self) -> ApiError {
+        let mut e = ApiError::new(Code::InvalidArgument, "INVALID_ARGUMENT", "invalid request");
+        e.violations = self.0;
+        e
+    }
+
+    /// `Ok(())` when nothing was recorded, else one INVALID_ARGUMENT naming every field.
+    pub fn finish(self) -> ApiResult<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.into_error())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_carries_reason_and_fields() {
+        let mut v = Violations::new();
+        v.add("display_name", "must not be empty");
+        v.add("plan", "unknown value 9");
+        let status: Status = v.finish().unwrap_err().into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "INVALID_ARGUMENT");
+        assert_eq!(details.error_info().unwrap().domain, "mosaic");
+        let fields: Vec<_> = details
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|f| f.field.clone())
+            .collect();
+        assert_eq!(fields, ["display_name", "plan"]);
+    }
+
+    #[test]
+    fn internal_hides_the_cause() {
+        let status: Status = ApiError::internal("relation \"secret_table\" does not exist").into();
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+    }
+}

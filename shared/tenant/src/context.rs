@@ -1,0 +1,218 @@
+//! [`TenantContext`]: the verified caller of one request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mosaic_api::{ApiError, ApiResult};
+use uuid::Uuid;
+
+/// Roles inside a tenant, strongest first. A role satisfies every weaker one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Viewer = 1,
+    Member = 2,
+    Admin = 3,
+    Owner = 4,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "owner" => Role::Owner,
+            "admin" => Role::Admin,
+            "member" => Role::Member,
+            "viewer" => Role::Viewer,
+            _ => return None,
+        })
+    }
+}
+
+/// The token role that lets a principal manage every tenant.
+pub const PLATFORM_ADMIN: &str = "platform_admin";
+
+/// Who calls, for which tenant, in which request, until when. Cheap to clone.
+///
+/// Made only by [`crate::AuthLayer`] from a verified token (and by
+/// [`TenantContext::scoped_to`] for platform admins), so holding one means the
+/// caller was authenticated.
+#[derive(Debug, Clone)]
+pub struct TenantContext(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    tenant: Option<Uuid>,
+    principal: String,
+    role: Option<Role>,
+    platform_admin: bool,
+    request_id: String,
+    traceparent: String,
+    token: String,
+    deadline: Option<Instant>,
+}
+
+impl TenantContext {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        tenant: Option<Uuid>,
+        principal: String,
+        role: Option<Role>,
+        platform_admin: bool,
+        request_id: String,
+        traceparent: String,
+        token: String,
+        deadline: Option<Instant>,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            tenant,
+            principal,
+            role,
+            platform_admin,
+            request_id,
+            traceparent,
+            token,
+            deadline,
+        }))
+    }
+
+    /// The context put on a request by the auth layer. A request that reached a
+    /// handler without one is a wiring bug, reported as UNAUTHENTICATED.
+    pub fn of<T>(req: &tonic::Request<T>) -> ApiResult<TenantContext> {
+        req.extensions()
+            .get::<TenantContext>()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthenticated("UNAUTHENTICATED", "missing credentials"))
+    }
+
+    /// The tenant this call acts for. A token without a tenant (a platform
+    /// admin's) cannot call tenant-scoped methods directly.
+    pub fn tenant_id(&self) -> ApiResult<Uuid> {
+        self.0.tenant.ok_or_else(|| {
+            ApiError::permission_denied("the token carries no tenant; this method needs one")
+        })
+    }
+
+    /// The tenant, if the token carries one.
+    pub fn tenant(&self) -> Option<Uuid> {
+        self.0.tenant
+    }
+
+    /// Token subject: `user:<id>`, `key:<id>` or `platform:<name>`.
+    pub fn principal(&self) -> &str {
+        &self.0.principal
+    }
+
+    /// The user id when the principal is a user.
+    pub fn user_id(&self) -> Option<Uuid> {
+        self.0
+            .principal
+            .strip_prefix("user:")
+            .and_then(|s| Uuid::parse_str(s).ok())
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.0.role
+    }
+
+    pub fn is_platform_admin(&self) -> bool {
+        self.0.platform_admin
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.0.request_id
+    }
+
+    pub fn traceparent(&self) -> &str {
+        &self.0.traceparent
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.0.token
+    }
+
+    /// When the caller stops waiting, if it said.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.0.deadline
+    }
+
+    /// Time left before the deadline (`None`: no deadline).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.0
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// PERMISSION_DENIED unless the caller holds at least `min` in its tenant
+    /// (platform admins hold every role).
+    pub fn require(&self, min: Role) -> ApiResult<()> {
+        if self.0.platform_admin {
+            return Ok(());
+        }
+        self.tenant_id()?;
+        match self.0.role {
+            Some(r) if r >= min => Ok(()),
+            _ => Err(ApiError::permission_denied(format!(
+                "this method needs the {} role or stronger",
+                min.as_str()
+            ))),
+        }
+    }
+
+    /// PERMISSION_DENIED unless the caller is a platform admin.
+    pub fn require_platform_admin(&self) -> ApiResult<()> {
+        if self.0.platform_admin {
+            Ok(())
+        } else {
+            Err(ApiError::permission_denied(
+                "this method is for platform admins",
+            ))
+        }
+    }
+
+    /// The context for acting on `tenant`: the caller's own tenant, or, for a
+    /// platform admin, any tenant. Anyone else asking for another tenant gets
+    /// NOT_FOUND, exactly as if it did not exist.
+    pub fn scoped_to(&self, tenant: Uuid, not_found: impl FnOnce() -> ApiError) -> ApiResult<Self> {
+        if self.0.tenant == Some(tenant) {
+            return Ok(self.clone());
+        }
+        if !self.0.platform_admin {
+            return Err(not_found());
+        }
+        let i = &self.0;
+        Ok(Self::new(
+            Some(tenant),
+            i.principal.clone(),
+            i.role,
+            true,
+            i.request_id.clone(),
+            i.traceparent.clone(),
+            i.token.clone(),
+            i.deadline,
+        ))
+    }
+
+    /// A context for work that no client request started (background jobs,
+    /// bootstrap), acting as `principal` for `tenant`. Carries no token, so it
+    /// cannot be propagated to other services.
+    pub fn system(tenant: Uuid, principal: &str) -> Self {
+        Self::new(
+            Some(tenant),
+            format!("system:{principal}"),
+            Some(Role::Owner),
+            false,
+            Uuid::now_v7().to_string(),
+            crate::trace::new_traceparent(),
+            String::new(),
+            None,
+        )
+    }
+}

@@ -1,0 +1,24 @@
+//! The tenant-propagation layer: who is calling, for which tenant, as part of
+//! which request, and until when.
+//!
+//! - [`context`]: [`TenantContext`], the value every handler starts from and
+//!   every data access requires; [`Role`]s and their order.
+//! - [`token`]: JWT claims, [`TokenVerifier`] (issuer, audience, expiry,
+//!   signature; EdDSA, RS256 or HS256; verified tokens cached briefly) and
+//!   [`TokenSigner`].
+//! - [`layer`]: [`AuthLayer`], the server-side tower layer that verifies the
+//!   bearer token, takes or makes `x-request-id` and `traceparent`, reads the
+//!   deadline, and puts a [`TenantContext`] on the request.
+//! - [`propagation`]: [`Propagate`], the client-side interceptor that forwards
+//!   token, request id, trace context and the remaining deadline to another service.
+
+pub mod context;
+pub mod layer;
+pub mod propagation;
+pub mod token;
+mod trace;
+
+pub use context::{Role, TenantContext};
+pub use layer::{AuthLayer, CallMeta};
+pub use propagation::Propagate;
+pub use token::{AuthConfig, Claims, KeyError, KeyMaterial, TokenSigner, TokenVerifier};

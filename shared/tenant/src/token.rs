@@ -1,0 +1,298 @@
+//! Bearer tokens: JWT claims, verification (with a short cache) and signing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use mosaic_api::{ApiError, ApiResult};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::context::{PLATFORM_ADMIN, Role};
+
+/// The claims of a Mosaic token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    /// Principal: `user:<id>`, `key:<id>` or `platform:<name>`.
+    pub sub: String,
+    pub iat: u64,
+    pub exp: u64,
+    /// Tenant id; absent only in platform-admin tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<Uuid>,
+    /// `owner`, `admin`, `member`, `viewer`, and/or `platform_admin`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+impl Claims {
+    /// Claims for `sub` acting in `tenant` with `roles`, valid for `ttl` from now.
+    pub fn new(
+        config: &AuthConfig,
+        sub: String,
+        tenant: Option<Uuid>,
+        roles: Vec<String>,
+        ttl: Duration,
+    ) -> Self {
+        let now = unix_now();
+        Self {
+            iss: config.issuer.clone(),
+            aud: config.audience.clone(),
+            sub,
+            iat: now,
+            exp: now + ttl.as_secs(),
+            tid: tenant,
+            roles,
+        }
+    }
+
+    /// The strongest tenant role among the claims.
+    pub fn role(&self) -> Option<Role> {
+        self.roles.iter().filter_map(|r| Role::parse(r)).max()
+    }
+
+    pub fn is_platform_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == PLATFORM_ADMIN)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Key material for one algorithm. PEM keys select EdDSA or RS256 by their type.
+#[derive(Clone)]
+pub enum KeyMaterial {
+    /// Shared secret (HS256): for local use, where one process signs and verifies.
+    Hs256(Vec<u8>),
+    /// Ed25519 key, PEM (public for verifying, PKCS#8 private for signing).
+    EdDsaPem(Vec<u8>),
+    /// RSA key, PEM (public for verifying, private for signing).
+    Rs256Pem(Vec<u8>),
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    // Never print key bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyMaterial::Hs256(_) => "Hs256(..)",
+            KeyMaterial::EdDsaPem(_) => "EdDsaPem(..)",
+            KeyMaterial::Rs256Pem(_) => "Rs256Pem(..)",
+        })
+    }
+}
+
+impl KeyMaterial {
+    /// A PEM key; EdDSA when it says ED25519 or is a short PKCS#8/SPKI key, else RS256.
+    pub fn from_pem(pem: Vec<u8>) -> Self {
+        let text = String::from_utf8_lossy(&pem);
+        // An Ed25519 key is ~120 bytes of PEM; RSA keys are several hundred.
+        if text.contains("ED25519") || text.trim().len() < 200 {
+            KeyMaterial::EdDsaPem(pem)
+        } else {
+            KeyMaterial::Rs256Pem(pem)
+        }
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        match self {
+            KeyMaterial::Hs256(_) => Algorithm::HS256,
+            KeyMaterial::EdDsaPem(_) => Algorithm::EdDSA,
+            KeyMaterial::Rs256Pem(_) => Algorithm::RS256,
+        }
+    }
+}
+
+/// What a verifier accepts.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub key: KeyMaterial,
+    /// How long a verified token is remembered (never past its expiry).
+    pub cache_ttl: Duration,
+}
+
+const CACHE_CAPACITY: usize = 16_384;
+
+/// Verifies bearer tokens. Verified tokens are cached for a short while keyed by
+/// their SHA-256, so a hot path does not re-check a signature on every call.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    config: Arc<AuthConfig>,
+    key: Arc<DecodingKey>,
+    validation: Arc<Validation>,
+    cache: Arc<Mutex<HashMap<[u8; 32], (Arc<Claims>, Instant)>>>,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier").field("config", &self.config).finish()
+    }
+}
+
+impl TokenVerifier {
+    pub fn new(config: AuthConfig) -> Result<Self, KeyError> {
+        let alg = config.key.algorithm();
+        let key = match &config.key {
+            KeyMaterial::Hs256(secret) => DecodingKey::from_secret(secret),
+            KeyMaterial::EdDsaPem(pem) => DecodingKey::from_ed_pem(pem)?,
+            KeyMaterial::Rs256Pem(pem) => DecodingKey::from_rsa_pem(pem)?,
+        };
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_audience(&[&config.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 5;
+        Ok(Self {
+            config: Arc::new(config),
+            key: Arc::new(key),
+            validation: Arc::new(validation),
+            cache: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    /// The claims of a valid token, else UNAUTHENTICATED with a reason:
+    /// `TOKEN_EXPIRED` or `TOKEN_INVALID`.
+    pub fn verify(&self, token: &str) -> ApiResult<Arc<Claims>> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = Instant::now();
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((claims, until)) = cache.get(&digest) {
+                if *until > now {
+                    return Ok(claims.clone());
+                }
+            }
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => {
+                    ApiError::unauthenticated("TOKEN_EXPIRED", "the token has expired")
+                }
+                _ => ApiError::unauthenticated("TOKEN_INVALID", "the token is not valid"),
+            }
+        })?;
+        let claims = Arc::new(data.claims);
+        let left = Duration::from_secs(claims.exp.saturating_sub(unix_now()));
+        let until = now + left.min(self.config.cache_ttl);
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_CAPACITY {
+                cache.retain(|_, (_, u)| *u > now);
+                if cache.len() >= CACHE_CAPACITY {
+                    cache.clear();
+                }
+            }
+            cache.insert(digest, (claims.clone(), until));
+        }
+        Ok(claims)
+    }
+}
+
+/// Signs tokens (identity's token exchange, and `mosaic token` for local probing).
+#[derive(Clone)]
+pub struct TokenSigner {
+    header: Header,
+    key: Arc<EncodingKey>,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner").field("alg", &self.header.alg).finish()
+    }
+}
+
+impl TokenSigner {
+    /// `key` is the HS256 secret or a private PEM key.
+    pub fn new(key: &KeyMaterial) -> Result<Self, KeyError> {
+        let encoding = match key {
+            KeyMaterial::Hs256(secret) => EncodingKey::from_secret(secret),
+            KeyMaterial::EdDsaPem(pem) => EncodingKey::from_ed_pem(pem)?,
+            KeyMaterial::Rs256Pem(pem) => EncodingKey::from_rsa_pem(pem)?,
+        };
+        Ok(Self {
+            header: Header::new(key.algorithm()),
+            key: Arc::new(encoding),
+        })
+    }
+
+    pub fn sign(&self, claims: &Claims) -> ApiResult<String> {
+        jsonwebtoken::encode(&self.header, claims, &self.key).map_err(ApiError::internal)
+    }
+}
+
+/// Why a key could not be loaded.
+pub type KeyError = jsonwebtoken::errors::Error;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(secret: &[u8]) -> AuthConfig {
+        AuthConfig {
+            issuer: "iss".into(),
+            audience: "aud".into(),
+            key: KeyMaterial::Hs256(secret.to_vec()),
+            cache_ttl: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn sign_then_verify() {
+        let c = config(b"k");
+        let signer = TokenSigner::new(&c.key).unwrap();
+        let v = TokenVerifier::new(c.clone()).unwrap();
+        let claims = Claims::new(&c, "user:x".into(), Some(Uuid::now_v7()), vec!["admin".into()], Duration::from_secs(60));
+        let t = signer.sign(&claims).unwrap();
+        assert_eq!(*v.verify(&t).unwrap(), claims);
+        // cached path gives the same answer
+        assert_eq!(*v.verify(&t).unwrap(), claims);
+        assert_eq!(claims.role(), Some(Role::Admin));
+    }
+
+    #[test]
+    fn wrong_key_audience_and_expiry_are_refused() {
+        let c = config(b"k");
+        let v = TokenVerifier::new(c.clone()).unwrap();
+        let other = TokenSigner::new(&KeyMaterial::Hs256(b"other".to_vec())).unwrap();
+        let claims = Claims::new(&c, "user:x".into(), None, vec![], Duration::from_secs(60));
+        assert_eq!(v.verify(&other.sign(&claims).unwrap()).unwrap_err().reason(), "TOKEN_INVALID");
+
+        let signer = TokenSigner::new(&c.key).unwrap();
+        let mut wrong_aud = claims.clone();
+        wrong_aud.aud = "elsewhere".into();
+        assert_eq!(v.verify(&signer.sign(&wrong_aud).unwrap()).unwrap_err().reason(), "TOKEN_INVALID");
+
+        let mut expired = claims.clone();
+        expired.exp = unix_now() - 3600;
+        expired.iat = expired.exp - 60;
+        assert_eq!(v.verify(&signer.sign(&expired).unwrap()).unwrap_err().reason(), "TOKEN_EXPIRED");
+
+        assert!(v.verify("not.a.jwt").is_err());
+    }
+
+    #[test]
+    fn eddsa_keys() {
+        // Throwaway Ed25519 test key pair (RFC 8410 example encoding).
+        let private = b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
+        let public = b"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+        let sk = KeyMaterial::from_pem(private.to_vec());
+        let pk = KeyMaterial::from_pem(public.to_vec());
+        assert!(matches!(pk, KeyMaterial::EdDsaPem(_)));
+        let c = AuthConfig { key: pk, ..config(b"") };
+        let claims = Claims::new(&c, "user:x".into(), None, vec![], Duration::from_secs(60));
+        let t = TokenSigner::new(&sk).unwrap().sign(&claims).unwrap();
+        assert_eq!(*TokenVerifier::new(c).unwrap().verify(&t).unwrap(), claims);
+    }
+}
