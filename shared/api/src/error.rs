@@ -256,3 +256,39 @@ mod tests {
         assert_eq!(status.message(), "internal error");
     }
 }
+
+/// Checks several parsed fields at once: all values, or one INVALID_ARGUMENT
+/// naming every bad field.
+///
+/// ```text
+/// let (size, after) = (validate::page_size("page_size", n), page::decode(&b, t)).all_ok()?;
+/// ```
+pub trait AllOk {
+    type Out;
+    fn all_ok(self) -> ApiResult<Self::Out>;
+}
+
+macro_rules! impl_all_ok {
+    ($($t:ident $v:ident),+) => {
+        impl<$($t),+> AllOk for ($(ApiResult<$t>,)+) {
+            type Out = ($($t,)+);
+            fn all_ok(self) -> ApiResult<Self::Out> {
+                let ($($v,)+) = self;
+                let mut violations = Violations::new();
+                $(let $v = violations.take($v);)+
+                violations.finish()?;
+                // finish() succeeded, so every take() kept its value.
+                Ok(($($v.expect("no violations recorded"),)+))
+            }
+        }
+    };
+}
+
+impl_all_ok!(A a);
+impl_all_ok!(A a, B b);
+impl_all_ok!(A a, B b, C c);
+impl_all_ok!(A a, B b, C c, D d);
+impl_all_ok!(A a, B b, C c, D d, E e);
+impl_all_ok!(A a, B b, C c, D d, E e, F f);
+impl_all_ok!(A a, B b, C c, D d, E e, F f, G g);
+impl_all_ok!(A a, B b, C c, D d, E e, F f, G g, H h);

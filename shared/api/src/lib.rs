@@ -16,4 +16,4 @@ pub mod mask;
 pub mod page;
 pub mod validate;
 
-pub use error::{ApiError, ApiResult, Violations};
+pub use error::{AllOk, ApiError, ApiResult, Violations};

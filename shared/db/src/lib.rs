@@ -1,1 +1,30 @@
-//! stub
+//! PostgreSQL for Mosaic services, fenced by tenant.
+//!
+//! Service code reaches the database only through [`Database::begin`], which
+//! takes a [`TenantContext`] and opens a transaction whose first statement
+//! sets `mosaic.tenant_id` for that transaction only (`SET LOCAL`, sent in the
+//! same round trip as `BEGIN`). Row-level security does the rest. There is no
+//! public way to get a bare pool connection; the named exceptions are the
+//! migrator ([`migrate`], [`bootstrap`]) and [`Database::begin_platform`].
+//!
+//! - [`config`]: pool settings from the environment.
+//! - [`pool`]: [`Database`] and [`TenantTx`].
+//! - [`error`]: SQLSTATE → [`mosaic_api::ApiError`].
+//! - [`audit`]: audit events, written in the caller's transaction, and listed.
+//! - [`idempotency`]: `request_id` replay, in the same transaction as the effect.
+//! - [`migrate`]: ordered, checksummed, lock-protected per-schema migrations.
+//! - [`bootstrap`]: the owner role, one runtime role per service, schemas, grants.
+
+pub mod audit;
+pub mod bootstrap;
+pub mod config;
+pub mod error;
+pub mod idempotency;
+pub mod migrate;
+pub mod pool;
+
+pub use config::DbConfig;
+pub use error::{Constraint, db_error, db_error_with};
+pub use migrate::{Migrations, ServiceSchema};
+pub use mosaic_tenant::TenantContext;
+pub use pool::{Database, TenantTx};

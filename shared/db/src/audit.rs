@@ -1,0 +1,123 @@
+//! Audit events: written by [`TenantTx::audit`] in the same transaction as the
+//! change, listed by [`list`]. Each service schema has an `audit_events` table
+//! of the same shape (see `migrations/<service>/0001_*.sql`); the runtime role's
+//! `search_path` names its own schema.
+
+use chrono::{DateTime, Utc};
+use mosaic_api::page::{self, PageBinding};
+use mosaic_api::{AllOk, ApiResult, convert, validate};
+use mosaic_proto::common::{AuditEvent, ListAuditEventsRequest, ListAuditEventsResponse};
+use mosaic_tenant::{Role, TenantContext};
+use uuid::Uuid;
+
+use crate::Database;
+use crate::error::db_error;
+use crate::pool::TenantTx;
+
+impl TenantTx {
+    /// Records a mutation: `action` like `member.add`, the resource, and a
+    /// small secret-free `details` object.
+    pub async fn audit(
+        &mut self,
+        action: &str,
+        resource_type: &str,
+        resource_id: impl std::fmt::Display,
+        details: serde_json::Value,
+    ) -> ApiResult<()> {
+        let tenant = self.tenant_id();
+        let actor = self.ctx().principal().to_owned();
+        let request_id = self.ctx().request_id().to_owned();
+        sqlx::query(
+            "INSERT INTO audit_events \
+             (tenant_id, event_id, actor, action, resource_type, resource_id, request_id, details) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(tenant)
+        .bind(Uuid::now_v7())
+        .bind(actor)
+        .bind(action)
+        .bind(resource_type)
+        .bind(resource_id.to_string())
+        .bind(request_id)
+        .bind(details)
+        .execute(self.conn())
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    tenant_id: Uuid,
+    event_id: Uuid,
+    actor: String,
+    action: String,
+    resource_type: String,
+    resource_id: String,
+    request_id: String,
+    created_at: DateTime<Utc>,
+    details: serde_json::Value,
+}
+
+/// Lists the caller's tenant's audit events, newest first (admins and owners).
+pub async fn list(
+    db: &Database,
+    ctx: &TenantContext,
+    req: &ListAuditEventsRequest,
+) -> ApiResult<ListAuditEventsResponse> {
+    ctx.require(Role::Admin)?;
+    let tenant = ctx.tenant_id()?;
+    let binding = PageBinding::new("ListAuditEvents")
+        .with(tenant)
+        .with(&req.resource_type)
+        .with(&req.resource_id);
+    let (size, resource_type, resource_id, after) = (
+        validate::page_size("page_size", req.page_size),
+        validate::text("resource_type", &req.resource_type, 64),
+        validate::text("resource_id", &req.resource_id, 128),
+        page::decode::<Uuid>(&binding, &req.page_token),
+    )
+        .all_ok()?;
+
+    let mut tx = db.begin(ctx).await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT tenant_id, event_id, actor, action, resource_type, resource_id, request_id, \
+                created_at, details \
+         FROM audit_events \
+         WHERE tenant_id = $1 \
+           AND ($2 = '' OR resource_type = $2) \
+           AND ($3 = '' OR resource_id = $3) \
+           AND ($4::uuid IS NULL OR event_id < $4) \
+         ORDER BY event_id DESC \
+         LIMIT $5",
+    )
+    .bind(tenant)
+    .bind(&resource_type)
+    .bind(&resource_id)
+    .bind(after)
+    .bind(i64::from(size) + 1)
+    .fetch_all(tx.conn())
+    .await
+    .map_err(db_error)?;
+    tx.commit().await?;
+
+    let (rows, next_page_token) = page::split_page(rows, size, &binding, |r| r.event_id);
+    Ok(ListAuditEventsResponse {
+        events: rows
+            .into_iter()
+            .map(|r| AuditEvent {
+                event_id: r.event_id.to_string(),
+                tenant_id: r.tenant_id.to_string(),
+                actor: r.actor,
+                action: r.action,
+                resource_type: r.resource_type,
+                resource_id: r.resource_id,
+                request_id: r.request_id,
+                create_time: Some(convert::timestamp(r.created_at)),
+                details: Some(convert::json_to_struct(&r.details)),
+            })
+            .collect(),
+        next_page_token,
+    })
+}

@@ -1,0 +1,156 @@
+//! [`Database`]: one service's pool; [`TenantTx`]: a transaction fenced to one tenant.
+
+use std::time::Duration;
+
+use mosaic_api::{ApiError, ApiResult};
+use mosaic_tenant::TenantContext;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::config::DbConfig;
+use crate::error::db_error;
+
+/// A service's connection pool, logged in as the service's runtime role.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: PgPool,
+    platform_role: Option<&'static str>,
+    max_connections: u32,
+}
+
+impl Database {
+    /// A lazy pool: the service starts (and reports NOT_SERVING) while the
+    /// database is down, and connects when it comes back.
+    pub fn connect_lazy(config: &DbConfig, application_name: &str) -> Result<Self, sqlx::Error> {
+        let options: PgConnectOptions = config.url.parse::<PgConnectOptions>()?.application_name(application_name);
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(config.min_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            platform_role: None,
+            max_connections: config.max_connections,
+        })
+    }
+
+    /// Allows [`Database::begin_platform`], switching to `role` for
+    /// cross-tenant reads by platform admins (identity only).
+    pub fn with_platform_role(mut self, role: &'static str) -> Self {
+        self.platform_role = Some(role);
+        self
+    }
+
+    /// Opens a transaction in which only `ctx`'s tenant's rows exist.
+    /// `BEGIN` and `SET LOCAL mosaic.tenant_id` travel in one round trip.
+    pub async fn begin(&self, ctx: &TenantContext) -> ApiResult<TenantTx> {
+        let tenant = ctx.tenant_id()?;
+        // `tenant` is a Uuid: its text form is hex and dashes, safe to inline.
+        let sql = format!("BEGIN; SET LOCAL mosaic.tenant_id = '{tenant}'");
+        let tx = self.pool.begin_with(sql).await.map_err(db_error)?;
+        Ok(TenantTx {
+            tx,
+            ctx: ctx.clone(),
+            tenant,
+        })
+    }
+
+    /// The platform-admin path (the one named exception to tenant scoping):
+    /// a read-only transaction under the platform role, whose policies allow
+    /// reading across tenants. PERMISSION_DENIED unless the caller is a platform admin.
+    pub async fn begin_platform(&self, ctx: &TenantContext) -> ApiResult<PlatformTx> {
+        ctx.require_platform_admin()?;
+        let role = self
+            .platform_role
+            .ok_or_else(|| ApiError::internal("platform role not configured"))?;
+        let sql = format!("BEGIN READ ONLY; SET LOCAL ROLE {role}");
+        let tx = self.pool.begin_with(sql).await.map_err(db_error)?;
+        Ok(PlatformTx { tx })
+    }
+
+    /// True when a connection answers `SELECT 1` (health probes).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Pool gauges: (open connections, idle connections, maximum).
+    pub fn stats(&self) -> (u32, u32, u32) {
+        (self.pool.size(), self.pool.num_idle() as u32, self.max_connections)
+    }
+
+    /// Closes every connection (graceful shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A transaction in which `mosaic.tenant_id` is the caller's tenant. Rolled
+/// back unless [`TenantTx::commit`] is called.
+pub struct TenantTx {
+    tx: Transaction<'static, Postgres>,
+    ctx: TenantContext,
+    tenant: Uuid,
+}
+
+impl std::fmt::Debug for TenantTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantTx").field("tenant", &self.tenant).finish()
+    }
+}
+
+impl TenantTx {
+    pub fn tenant_id(&self) -> Uuid {
+        self.tenant
+    }
+
+    pub fn ctx(&self) -> &TenantContext {
+        &self.ctx
+    }
+
+    /// The connection, for sqlx queries: `query.fetch_one(tx.conn())`.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// Moves this transaction to another tenant. Platform admins only: used
+    /// where one platform operation touches a tenant that does not exist yet
+    /// (CreateTenant) and the platform scope (its idempotency record).
+    pub async fn switch_tenant(&mut self, tenant: Uuid) -> ApiResult<()> {
+        self.ctx.require_platform_admin()?;
+        sqlx::query("SELECT set_config('mosaic.tenant_id', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error)?;
+        self.tenant = tenant;
+        Ok(())
+    }
+
+    pub async fn commit(self) -> ApiResult<()> {
+        self.tx.commit().await.map_err(db_error)
+    }
+}
+
+/// A read-only cross-tenant transaction for platform admins.
+pub struct PlatformTx {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl std::fmt::Debug for PlatformTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlatformTx")
+    }
+}
+
+impl PlatformTx {
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    pub async fn commit(self) -> ApiResult<()> {
+        self.tx.commit().await.map_err(db_error)
+    }
+}
