@@ -1,1 +1,14 @@
+//! Black-box tests of the Mosaic suite: it is started once per test binary, on
+//! port 0, against the real PostgreSQL, and called through the generated
+//! clients. Every test makes its own tenants, so tests run in parallel
+//! against one database without cleaning up.
 
+mod harness;
+
+mod auth;
+mod catalog;
+mod identity_api_keys;
+mod identity_members;
+mod identity_tenants;
+mod propagation;
+mod shutdown;

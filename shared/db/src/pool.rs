@@ -154,3 +154,34 @@ impl PlatformTx {
         self.tx.commit().await.map_err(db_error)
     }
 }
+
+impl mosaic_server::Probe for Database {
+    fn name(&self) -> &str {
+        "postgres"
+    }
+
+    fn check(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(self.ping())
+    }
+}
+
+impl Database {
+    /// Pool gauges, sampled at scrape time: `mosaic_db_pool_connections{service,state}`.
+    pub fn register_metrics(&self, metrics: &mosaic_server::Metrics, service: &str) -> Result<(), prometheus::Error> {
+        let gauges: [(&str, fn(&Database) -> f64); 3] = [
+            ("open", |d| f64::from(d.stats().0)),
+            ("idle", |d| f64::from(d.stats().1)),
+            ("max", |d| f64::from(d.stats().2)),
+        ];
+        for (state, read) in gauges {
+            let db = self.clone();
+            metrics.register_gauge_fn(
+                "mosaic_db_pool_connections",
+                "database pool connections by state",
+                &[("service", service), ("state", state)],
+                std::sync::Arc::new(move || read(&db)),
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -296,3 +296,41 @@ mod tests {
         assert_eq!(*TokenVerifier::new(c).unwrap().verify(&t).unwrap(), claims);
     }
 }
+
+/// Token settings from the environment:
+/// `MOSAIC_JWT_ISSUER` and `MOSAIC_JWT_AUDIENCE` (default `mosaic`), and keys:
+/// `MOSAIC_JWT_PUBLIC_KEY` (PEM, EdDSA or RS256) to verify and
+/// `MOSAIC_JWT_PRIVATE_KEY` (PEM) to sign, or `MOSAIC_JWT_HS256_SECRET` for
+/// both (local use). Returns the verifier settings and the signing key, if any.
+pub fn from_env() -> Result<(AuthConfig, Option<KeyMaterial>), String> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let issuer = var("MOSAIC_JWT_ISSUER").unwrap_or_else(|| "mosaic".to_owned());
+    let audience = var("MOSAIC_JWT_AUDIENCE").unwrap_or_else(|| "mosaic".to_owned());
+    let (verify, sign) = match (var("MOSAIC_JWT_PUBLIC_KEY"), var("MOSAIC_JWT_HS256_SECRET")) {
+        (Some(public), _) => (
+            KeyMaterial::from_pem(public.into_bytes()),
+            var("MOSAIC_JWT_PRIVATE_KEY").map(|p| KeyMaterial::from_pem(p.into_bytes())),
+        ),
+        (None, Some(secret)) => {
+            if secret.len() < 32 {
+                return Err("MOSAIC_JWT_HS256_SECRET: at least 32 characters".to_owned());
+            }
+            let key = KeyMaterial::Hs256(secret.into_bytes());
+            (key.clone(), Some(key))
+        }
+        (None, None) => {
+            return Err(
+                "no token key: set MOSAIC_JWT_PUBLIC_KEY (PEM) or, for local use, MOSAIC_JWT_HS256_SECRET".to_owned(),
+            );
+        }
+    };
+    Ok((
+        AuthConfig {
+            issuer,
+            audience,
+            key: verify,
+            cache_ttl: Duration::from_secs(30),
+        },
+        sign,
+    ))
+}

@@ -1,0 +1,210 @@
+//! [`serve`]: one gRPC server with everything around the services' routes.
+//!
+//! Layers, outermost first: [`MetricsLayer`] (sees every call, including
+//! those the auth layer refuses), [`AuthLayer`], then the router with the
+//! services plus health and reflection.
+//!
+//! Shutdown, when the `shutdown` future completes: health goes NOT_SERVING,
+//! the [`Shutdown`] handle fires (handlers end their streams), the listener
+//! stops accepting and open connections get GOAWAY, unary calls in flight
+//! finish, and `serve` returns. If calls are still open after
+//! `shutdown_timeout`, their connections are closed and `serve` returns anyway.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use mosaic_tenant::{AuthLayer, TokenVerifier};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::Server;
+
+use crate::config::ServerConfig;
+use crate::health::{Health, Probe};
+use crate::metrics::{Metrics, serve_metrics};
+use crate::metrics_layer::MetricsLayer;
+use crate::shutdown::Shutdown;
+use crate::{incoming, reflection};
+
+/// Paths that need no bearer token: health and reflection, for probes and
+/// tooling. Services add theirs in [`ServeOptions::public_methods`].
+pub const PUBLIC_PREFIXES: [&str; 3] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// Everything [`serve`] needs besides the routes, the listener and the
+/// shutdown future. Start from [`ServeOptions::new`] and override fields:
+///
+/// ```ignore
+/// let opts = ServeOptions {
+///     health: Health::new(&["mosaic.crm.v1.CrmService"]),
+///     probes: vec![Arc::new(PostgresProbe::new(pool.clone()))],
+///     ..ServeOptions::new(config, verifier, metrics)
+/// };
+/// ```
+pub struct ServeOptions {
+    pub config: ServerConfig,
+    /// Verifies bearer tokens for every method not public.
+    pub verifier: TokenVerifier,
+    /// Full method paths (or path prefixes) callable without a token, on top
+    /// of [`PUBLIC_PREFIXES`], e.g. `/mosaic.identity.v1.TokenService/ExchangeApiKey`.
+    pub public_methods: Vec<String>,
+    /// Health of the server and of the services it lists; reflection lists
+    /// the same services.
+    pub health: Health,
+    /// Checks behind the health status, e.g. database reachability.
+    pub probes: Vec<Arc<dyn Probe>>,
+    pub metrics: Metrics,
+    /// Where `GET /metrics` is served. When `None`, `config.metrics_addr` is
+    /// bound (if set).
+    pub metrics_listener: Option<TcpListener>,
+    /// Fired when draining starts; keep a clone for handlers with streams.
+    pub stop: Shutdown,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("config", &self.config)
+            .field("public_methods", &self.public_methods)
+            .field("health", &self.health)
+            .field(
+                "probes",
+                &self.probes.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServeOptions {
+    /// No probes (always SERVING), no extra public methods, health for the
+    /// whole server only (so reflection lists no service of yours: set
+    /// `health` to list them), a fresh [`Shutdown`].
+    pub fn new(config: ServerConfig, verifier: TokenVerifier, metrics: Metrics) -> Self {
+        Self {
+            config,
+            verifier,
+            public_methods: Vec::new(),
+            health: Health::new(&[]),
+            probes: Vec::new(),
+            metrics,
+            metrics_listener: None,
+            stop: Shutdown::new(),
+        }
+    }
+}
+
+/// Serves `routes` on `listener` (bind it yourself, port 0 in tests, and ask
+/// it for `local_addr()` first) until `shutdown` completes and calls drain.
+///
+/// Message size limits belong to the generated servers, which `routes`
+/// already holds: services build them with
+/// `.max_decoding_message_size(config.max_message_bytes)` and
+/// `.max_encoding_message_size(config.max_message_bytes)`.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let ServeOptions {
+        config,
+        verifier,
+        public_methods,
+        health,
+        probes,
+        metrics,
+        metrics_listener,
+        stop,
+    } = opts;
+    let grpc_addr = listener
+        .local_addr()
+        .context("reading the grpc listener address")?;
+
+    // Probes and the metrics endpoint run until `serve` returns, however it returns.
+    let background = CancellationToken::new();
+    let _stop_background = background.clone().drop_guard();
+
+    let metrics_listener = match (metrics_listener, config.metrics_addr) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics address {addr}"))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(l) = metrics_listener {
+        let addr = l
+            .local_addr()
+            .context("reading the metrics listener address")?;
+        tracing::info!(%addr, "metrics listening");
+        let (metrics, done) = (metrics.clone(), background.clone().cancelled_owned());
+        tokio::spawn(async move {
+            if let Err(e) = serve_metrics(l, metrics, done).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    tokio::spawn(
+        health
+            .clone()
+            .run_probes(probes, config.probe_interval, background.clone()),
+    );
+
+    let routes = routes
+        .add_service(health.service())
+        .add_service(reflection::v1(health.services()).context("building reflection v1")?)
+        .add_service(
+            reflection::v1alpha(health.services()).context("building reflection v1alpha")?,
+        );
+    let public = PUBLIC_PREFIXES
+        .iter()
+        .map(|p| (*p).to_owned())
+        .chain(public_methods);
+    let methods = reflection::method_paths().context("reading the descriptor sets")?;
+
+    let stop_accepting = CancellationToken::new();
+    let force_close = CancellationToken::new();
+    let server = Server::builder()
+        .layer(MetricsLayer::new(metrics, methods))
+        .layer(AuthLayer::new(verifier, public))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(
+            incoming::accept(listener, force_close.clone()),
+            stop_accepting.clone().cancelled_owned(),
+        );
+    let mut server = std::pin::pin!(server);
+    tracing::info!(addr = %grpc_addr, "grpc listening");
+
+    tokio::select! {
+        res = &mut server => return res.context("grpc server failed"),
+        () = shutdown => {}
+    }
+
+    let timeout = config.shutdown_timeout;
+    tracing::info!(
+        timeout_ms = timeout.as_millis() as u64,
+        "shutdown started, draining calls"
+    );
+    health.shut_down().await;
+    stop.trigger();
+    stop_accepting.cancel();
+    match tokio::time::timeout(timeout, &mut server).await {
+        Ok(res) => {
+            res.context("grpc server failed while draining")?;
+            tracing::info!("calls drained, server stopped");
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "shutdown deadline reached, dropping open calls"
+            );
+            force_close.cancel();
+        }
+    }
+    Ok(())
+}

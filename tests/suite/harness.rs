@@ -1,0 +1,204 @@
+//! The suite under test, and helpers to call it.
+//!
+//! [`app`] starts the suite once, on its own thread and runtime (so it
+//! outlives every test's runtime), after bootstrapping and migrating the
+//! database. Tests open their own channels with [`App::channel`].
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use mosaic::SuiteConfig;
+use mosaic_db::DbConfig;
+use mosaic_proto::identity::{
+    CreateTenantRequest, ListMembersRequest, Plan, Tenant, member_service_client::MemberServiceClient,
+    tenant_service_client::TenantServiceClient,
+};
+use mosaic_server::{ServerConfig, Shutdown};
+use mosaic_tenant::{AuthConfig, Claims, KeyMaterial, TokenSigner};
+use sqlx::{Connection, PgConnection};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+pub struct App {
+    pub addr: SocketAddr,
+    pub auth: AuthConfig,
+    signer: TokenSigner,
+}
+
+static APP: OnceLock<App> = OnceLock::new();
+
+/// The test configuration: the local defaults, with a secret made for this run.
+pub fn config() -> SuiteConfig {
+    let secret: String = (0..4).map(|_| Uuid::new_v4().simple().to_string()).collect();
+    let key = KeyMaterial::Hs256(secret.into_bytes());
+    SuiteConfig {
+        server: ServerConfig::default(),
+        auth: AuthConfig {
+            issuer: "mosaic-test".into(),
+            audience: "mosaic".into(),
+            key: key.clone(),
+            cache_ttl: Duration::from_secs(30),
+        },
+        signing_key: Some(key),
+        identity_db: DbConfig::from_env("identity").expect("identity db config"),
+        token_ttl: Duration::from_secs(600),
+    }
+}
+
+/// Bootstraps and migrates the test database (idempotent; safe in parallel).
+pub async fn migrate(config: &SuiteConfig) {
+    mosaic::migrate(&mosaic::admin_url(), &[(mosaic_identity::SCHEMA, config.identity_db.clone())])
+        .await
+        .expect("migrate");
+}
+
+pub fn app() -> &'static App {
+    APP.get_or_init(|| {
+        let config = config();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let auth = config.auth.clone();
+        let signer = TokenSigner::new(config.signing_key.as_ref().expect("key")).expect("signer");
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                migrate(&config).await;
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                tx.send(listener.local_addr().expect("addr")).expect("send addr");
+                mosaic::run(listener, config, Shutdown::new(), std::future::pending())
+                    .await
+                    .expect("suite");
+            });
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(120)).expect("suite did not start");
+        App { addr, auth, signer }
+    })
+}
+
+impl App {
+    /// A channel on the calling test's runtime.
+    pub fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect_lazy()
+    }
+
+    pub fn token(&self, tenant: Option<Uuid>, sub: &str, roles: &[&str]) -> String {
+        let claims = Claims::new(
+            &self.auth,
+            sub.to_owned(),
+            tenant,
+            roles.iter().map(|r| (*r).to_owned()).collect(),
+            Duration::from_secs(600),
+        );
+        self.signer.sign(&claims).expect("sign")
+    }
+
+    pub fn platform_token(&self) -> String {
+        self.token(None, "platform:tests", &["platform_admin"])
+    }
+
+    /// A new tenant with a fresh owner; returns it with an owner token.
+    pub async fn new_tenant(&self) -> TestTenant {
+        let email = format!("owner-{}@example.com", Uuid::new_v4().simple());
+        let tenant = TenantServiceClient::new(self.channel())
+            .create_tenant(authed(
+                CreateTenantRequest {
+                    tenant: Some(Tenant {
+                        display_name: "Acme".into(),
+                        plan: Plan::Pro as i32,
+                        ..Default::default()
+                    }),
+                    owner_email: email.clone(),
+                    ..Default::default()
+                },
+                &self.platform_token(),
+            ))
+            .await
+            .expect("create tenant")
+            .into_inner();
+        let id: Uuid = tenant.tenant_id.parse().expect("tenant id");
+        // The owner's user id, to mint a token in its name.
+        let probe = self.token(Some(id), "user:probe", &["owner"]);
+        let members = MemberServiceClient::new(self.channel())
+            .list_members(authed(ListMembersRequest::default(), &probe))
+            .await
+            .expect("list members")
+            .into_inner()
+            .members;
+        let owner: Uuid = members[0].user_id.parse().expect("user id");
+        TestTenant {
+            id,
+            owner,
+            owner_token: self.token(Some(id), &format!("user:{owner}"), &["owner"]),
+            tenant,
+        }
+    }
+
+    /// A superuser connection to the test database, for looking behind the API.
+    pub async fn admin_db(&self) -> PgConnection {
+        let opts: sqlx::postgres::PgConnectOptions = mosaic::admin_url().parse().expect("admin url");
+        PgConnection::connect_with(&opts.database("mosaic")).await.expect("admin connection")
+    }
+
+    /// A connection as the identity runtime role.
+    pub async fn identity_role_db(&self) -> PgConnection {
+        let url = DbConfig::from_env("identity").expect("config").url;
+        PgConnection::connect(&url).await.expect("runtime connection")
+    }
+}
+
+pub struct TestTenant {
+    pub id: Uuid,
+    pub owner: Uuid,
+    pub owner_token: String,
+    pub tenant: Tenant,
+}
+
+impl TestTenant {
+    /// A token for this tenant with the given role and a fresh principal.
+    pub fn token(&self, role: &str) -> String {
+        app().token(Some(self.id), &format!("user:{}", Uuid::now_v7()), &[role])
+    }
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn authed<T>(msg: T, token: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    req
+}
+
+/// Asserts the code and `ErrorInfo.reason` of a failed call.
+#[track_caller]
+pub fn assert_error(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let info = status.get_error_details();
+    let got = info.error_info().map(|i| i.reason.as_str()).unwrap_or_default();
+    assert_eq!(got, reason, "unexpected reason: {status:?}");
+    assert_eq!(info.error_info().map(|i| i.domain.as_str()), Some("mosaic"));
+}
+
+/// The fields named by `google.rpc.BadRequest`.
+pub fn bad_fields(status: &Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Asserts INVALID_ARGUMENT naming exactly `field` among its violations.
+#[track_caller]
+pub fn assert_bad_field(status: &Status, field: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let fields = bad_fields(status);
+    assert!(fields.iter().any(|f| f == field), "expected {field} in {fields:?}");
+}
