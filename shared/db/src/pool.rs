@@ -168,18 +168,16 @@ impl mosaic_server::Probe for Database {
 impl Database {
     /// Pool gauges, sampled at scrape time: `mosaic_db_pool_connections{service,state}`.
     pub fn register_metrics(&self, metrics: &mosaic_server::Metrics, service: &str) -> Result<(), prometheus::Error> {
-        let gauges: [(&str, fn(&Database) -> f64); 3] = [
-            ("open", |d| f64::from(d.stats().0)),
-            ("idle", |d| f64::from(d.stats().1)),
-            ("max", |d| f64::from(d.stats().2)),
-        ];
-        for (state, read) in gauges {
+        for (index, state) in ["open", "idle", "max"].into_iter().enumerate() {
             let db = self.clone();
             metrics.register_gauge_fn(
                 "mosaic_db_pool_connections",
                 "database pool connections by state",
                 &[("service", service), ("state", state)],
-                std::sync::Arc::new(move || read(&db)),
+                std::sync::Arc::new(move || {
+                    let (open, idle, max) = db.stats();
+                    f64::from([open, idle, max][index])
+                }),
             )?;
         }
         Ok(())

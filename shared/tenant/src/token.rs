@@ -122,6 +122,9 @@ pub struct AuthConfig {
 
 const CACHE_CAPACITY: usize = 16_384;
 
+/// SHA-256 of a token → its claims and until when they may be reused.
+type VerifiedCache = HashMap<[u8; 32], (Arc<Claims>, Instant)>;
+
 /// Verifies bearer tokens. Verified tokens are cached for a short while keyed by
 /// their SHA-256, so a hot path does not re-check a signature on every call.
 #[derive(Clone)]
@@ -129,7 +132,7 @@ pub struct TokenVerifier {
     config: Arc<AuthConfig>,
     key: Arc<DecodingKey>,
     validation: Arc<Validation>,
-    cache: Arc<Mutex<HashMap<[u8; 32], (Arc<Claims>, Instant)>>>,
+    cache: Arc<Mutex<VerifiedCache>>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -168,12 +171,13 @@ impl TokenVerifier {
     pub fn verify(&self, token: &str) -> ApiResult<Arc<Claims>> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = Instant::now();
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((claims, until)) = cache.get(&digest) {
-                if *until > now {
-                    return Ok(claims.clone());
-                }
-            }
+        let cached = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&digest).filter(|(_, until)| *until > now).map(|(c, _)| c.clone()));
+        if let Some(claims) = cached {
+            return Ok(claims);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
