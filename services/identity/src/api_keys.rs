@@ -139,7 +139,7 @@ impl ApiKeyService for ApiKeys {
             .all_ok()?;
         let mut tx = self.db.begin(&ctx).await?;
         let rows = store::list(&mut tx, after, r.show_revoked, size).await?;
-        tx.commit().await?;
+        tx.finish_read();
         let (rows, next_page_token) = page::split_page(rows, size, &binding, |k| k.api_key_id);
         Ok(Response::new(ListApiKeysResponse {
             api_keys: rows.into_iter().map(store::ApiKeyRow::into_proto).collect(),

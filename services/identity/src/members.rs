@@ -86,7 +86,7 @@ impl MemberService for Members {
         let user_id = validate::id("user_id", &req.get_ref().user_id)?;
         let mut tx = self.db.begin(&ctx).await?;
         let row = store::get(&mut tx, user_id).await?.ok_or_else(not_found)?;
-        tx.commit().await?;
+        tx.finish_read();
         Ok(Response::new(row.into_proto()))
     }
 
@@ -103,7 +103,7 @@ impl MemberService for Members {
             .all_ok()?;
         let mut tx = self.db.begin(&ctx).await?;
         let rows = store::list(&mut tx, after, names::role(role), size).await?;
-        tx.commit().await?;
+        tx.finish_read();
         let (rows, next_page_token) = page::split_page(rows, size, &binding, |m| m.user_id);
         Ok(Response::new(ListMembersResponse {
             members: rows.into_iter().map(store::MemberRow::into_proto).collect(),

@@ -90,7 +90,7 @@ impl TenantService for Tenants {
         let scoped = Self::scope(&ctx, "tenant_id", &req.get_ref().tenant_id, Role::Viewer)?;
         let mut tx = self.db.begin(&scoped).await?;
         let row = store::get(&mut tx).await?.ok_or_else(not_found)?;
-        tx.commit().await?;
+        tx.finish_read();
         Ok(Response::new(row.into_proto()))
     }
 

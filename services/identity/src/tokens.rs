@@ -49,7 +49,7 @@ impl Tokens {
         let ctx = TenantContext::system(tenant, "token-exchange");
         let mut tx = self.state.db.begin(&ctx).await?;
         let row = store::for_exchange(&mut tx, key_id).await?;
-        tx.commit().await?;
+        tx.finish_read();
         let row = row.ok_or_else(invalid)?;
         if !bool::from(row.secret_hash.ct_eq(&hash(&r.api_key))) {
             return Err(invalid());

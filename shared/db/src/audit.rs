@@ -100,7 +100,7 @@ pub async fn list(
     .fetch_all(tx.conn())
     .await
     .map_err(db_error)?;
-    tx.commit().await?;
+    tx.finish_read();
 
     let (rows, next_page_token) = page::split_page(rows, size, &binding, |r| r.event_id);
     Ok(ListAuditEventsResponse {

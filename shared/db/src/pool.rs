@@ -132,6 +132,13 @@ impl TenantTx {
     pub async fn commit(self) -> ApiResult<()> {
         self.tx.commit().await.map_err(db_error)
     }
+
+    /// Ends a transaction that only read. There is nothing to commit, so the
+    /// rollback is queued and travels with the pool's release check, off the
+    /// caller's path: one round trip fewer than `commit` on every read.
+    pub fn finish_read(self) {
+        drop(self.tx);
+    }
 }
 
 /// A read-only cross-tenant transaction for platform admins.
