@@ -44,7 +44,9 @@ async fn every_table_is_fenced_by_tenant() {
         .fetch_all(&mut db)
         .await
         .unwrap();
-        if !policies.iter().any(|p| p.contains("tenant_id") && p.contains("mosaic.tenant_id") && p.contains("NULLIF")) {
+        if !policies.iter().any(|p| {
+            p.contains("tenant_id") && p.contains("mosaic.tenant_id") && p.contains("NULLIF")
+        }) {
             problems.push(format!("{name}: no tenant policy"));
         }
         // Primary key, unique constraints and unique indexes lead with tenant_id; so do foreign keys.
@@ -59,7 +61,9 @@ async fn every_table_is_fenced_by_tenant() {
         .unwrap();
         for (index, first) in keys {
             if first != "tenant_id" {
-                problems.push(format!("{name}: unique index {index} does not start with tenant_id"));
+                problems.push(format!(
+                    "{name}: unique index {index} does not start with tenant_id"
+                ));
             }
         }
         let fks: Vec<(String, Vec<String>)> = sqlx::query_as(
@@ -87,7 +91,9 @@ async fn every_table_is_fenced_by_tenant() {
     .await
     .unwrap();
     if definers != ["identity.resolve_user"] {
-        problems.push(format!("unexpected SECURITY DEFINER functions: {definers:?}"));
+        problems.push(format!(
+            "unexpected SECURITY DEFINER functions: {definers:?}"
+        ));
     }
     // Views would bypass RLS unless security_invoker.
     let views: Vec<String> = sqlx::query_scalar(
@@ -99,8 +105,16 @@ async fn every_table_is_fenced_by_tenant() {
     .fetch_all(&mut db)
     .await
     .unwrap();
-    problems.extend(views.into_iter().map(|v| format!("{v}: view without security_invoker")));
-    assert!(problems.is_empty(), "catalog problems:\n{}", problems.join("\n"));
+    problems.extend(
+        views
+            .into_iter()
+            .map(|v| format!("{v}: view without security_invoker")),
+    );
+    assert!(
+        problems.is_empty(),
+        "catalog problems:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -108,21 +122,26 @@ async fn runtime_roles_are_powerless_outside_their_schema() {
     app();
     let mut db = app().admin_db().await;
     for (role, schema) in RUNTIME_ROLES {
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(role)
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
-        if !exists {
-            continue;
-        }
-        let (superuser, bypass, inherit): (bool, bool, bool) =
-            sqlx::query_as("SELECT rolsuper, rolbypassrls, rolinherit FROM pg_roles WHERE rolname = $1")
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
                 .bind(role)
                 .fetch_one(&mut db)
                 .await
                 .unwrap();
-        assert!(!superuser && !bypass && !inherit, "{role}: super={superuser} bypassrls={bypass} inherit={inherit}");
+        if !exists {
+            continue;
+        }
+        let (superuser, bypass, inherit): (bool, bool, bool) = sqlx::query_as(
+            "SELECT rolsuper, rolbypassrls, rolinherit FROM pg_roles WHERE rolname = $1",
+        )
+        .bind(role)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert!(
+            !superuser && !bypass && !inherit,
+            "{role}: super={superuser} bypassrls={bypass} inherit={inherit}"
+        );
         let owned: i64 = sqlx::query_scalar(
             "SELECT (SELECT count(*) FROM pg_class WHERE relowner = r.oid) + (SELECT count(*) FROM pg_namespace WHERE nspowner = r.oid) \
              + (SELECT count(*) FROM pg_proc WHERE proowner = r.oid) FROM pg_roles r WHERE r.rolname = $1",
@@ -148,21 +167,43 @@ async fn runtime_roles_are_powerless_outside_their_schema() {
 async fn no_tenant_means_no_rows() {
     let t = app().new_tenant().await;
     let mut conn = app().identity_role_db().await;
-    for table in ["tenants", "memberships", "users", "api_keys", "audit_events", "idempotency_keys"] {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&mut conn).await.unwrap();
+    for table in [
+        "tenants",
+        "memberships",
+        "users",
+        "api_keys",
+        "audit_events",
+        "idempotency_keys",
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(n, 0, "{table} visible without a tenant");
     }
     // After a transaction-local tenant ends the setting reads '', still no rows and no error.
     let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
-    sqlx::query(&format!("SET LOCAL mosaic.tenant_id = '{}'", t.id)).execute(&mut *tx).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants").fetch_one(&mut *tx).await.unwrap();
+    sqlx::query(&format!("SET LOCAL mosaic.tenant_id = '{}'", t.id))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
     tx.commit().await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants").fetch_one(&mut conn).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(n, 0);
     // Writing another tenant's row is refused by WITH CHECK.
     let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
-    sqlx::query(&format!("SET LOCAL mosaic.tenant_id = '{}'", t.id)).execute(&mut *tx).await.unwrap();
+    sqlx::query(&format!("SET LOCAL mosaic.tenant_id = '{}'", t.id))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     let err = sqlx::query("INSERT INTO audit_events (tenant_id, event_id, actor, action, resource_type, resource_id, request_id) VALUES ($1, $1, '', '', '', '', '')")
         .bind(uuid::Uuid::now_v7())
         .execute(&mut *tx)
@@ -176,7 +217,10 @@ async fn tenant_reads_use_the_index() {
     let t = app().new_tenant().await;
     let mut conn = app().identity_role_db().await;
     let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
-    sqlx::query(&format!("SET LOCAL mosaic.tenant_id = '{}'", t.id)).execute(&mut *tx).await.unwrap();
+    sqlx::query(&format!("SET LOCAL mosaic.tenant_id = '{}'", t.id))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     let plan: Vec<String> = sqlx::query_scalar(&format!(
         "EXPLAIN SELECT m.user_id FROM memberships m WHERE m.tenant_id = '{}' AND m.user_id = '{}'",
         t.id, t.owner
@@ -186,5 +230,8 @@ async fn tenant_reads_use_the_index() {
     .unwrap();
     let plan = plan.join("\n");
     assert!(plan.contains("Index"), "{plan}");
-    assert!(plan.contains("InitPlan"), "the policy's setting is read once per statement:\n{plan}");
+    assert!(
+        plan.contains("InitPlan"),
+        "the policy's setting is read once per statement:\n{plan}"
+    );
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use mosaic::SuiteConfig;
 use mosaic_db::DbConfig;
 use mosaic_proto::identity::{
-    CreateTenantRequest, ListMembersRequest, Plan, Tenant, member_service_client::MemberServiceClient,
-    tenant_service_client::TenantServiceClient,
+    CreateTenantRequest, ListMembersRequest, Plan, Tenant,
+    member_service_client::MemberServiceClient, tenant_service_client::TenantServiceClient,
 };
 use mosaic_server::{ServerConfig, Shutdown};
 use mosaic_tenant::{AuthConfig, Claims, KeyMaterial, TokenSigner};
@@ -32,7 +32,9 @@ static APP: OnceLock<App> = OnceLock::new();
 
 /// The test configuration: the local defaults, with a secret made for this run.
 pub fn config() -> SuiteConfig {
-    let secret: String = (0..4).map(|_| Uuid::new_v4().simple().to_string()).collect();
+    let secret: String = (0..4)
+        .map(|_| Uuid::new_v4().simple().to_string())
+        .collect();
     let key = KeyMaterial::Hs256(secret.into_bytes());
     SuiteConfig {
         server: ServerConfig::default(),
@@ -45,14 +47,18 @@ pub fn config() -> SuiteConfig {
         signing_key: Some(key),
         identity_db: DbConfig::from_env("identity").expect("identity db config"),
         token_ttl: Duration::from_secs(600),
+        rate_limiter: mosaic_cache::RateLimiter::disabled(),
     }
 }
 
 /// Bootstraps and migrates the test database (idempotent; safe in parallel).
 pub async fn migrate(config: &SuiteConfig) {
-    mosaic::migrate(&mosaic::admin_url(), &[(mosaic_identity::SCHEMA, config.identity_db.clone())])
-        .await
-        .expect("migrate");
+    mosaic::migrate(
+        &mosaic::admin_url(),
+        &[(mosaic_identity::SCHEMA, config.identity_db.clone())],
+    )
+    .await
+    .expect("migrate");
 }
 
 pub fn app() -> &'static App {
@@ -69,14 +75,19 @@ pub fn app() -> &'static App {
                 .expect("runtime");
             rt.block_on(async move {
                 migrate(&config).await;
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                tx.send(listener.local_addr().expect("addr")).expect("send addr");
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                tx.send(listener.local_addr().expect("addr"))
+                    .expect("send addr");
                 mosaic::run(listener, config, Shutdown::new(), std::future::pending())
                     .await
                     .expect("suite");
             });
         });
-        let addr = rx.recv_timeout(Duration::from_secs(120)).expect("suite did not start");
+        let addr = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("suite did not start");
         App { addr, auth, signer }
     })
 }
@@ -143,14 +154,19 @@ impl App {
 
     /// A superuser connection to the test database, for looking behind the API.
     pub async fn admin_db(&self) -> PgConnection {
-        let opts: sqlx::postgres::PgConnectOptions = mosaic::admin_url().parse().expect("admin url");
-        PgConnection::connect_with(&opts.database("mosaic")).await.expect("admin connection")
+        let opts: sqlx::postgres::PgConnectOptions =
+            mosaic::admin_url().parse().expect("admin url");
+        PgConnection::connect_with(&opts.database("mosaic"))
+            .await
+            .expect("admin connection")
     }
 
     /// A connection as the identity runtime role.
     pub async fn identity_role_db(&self) -> PgConnection {
         let url = DbConfig::from_env("identity").expect("config").url;
-        PgConnection::connect(&url).await.expect("runtime connection")
+        PgConnection::connect(&url)
+            .await
+            .expect("runtime connection")
     }
 }
 
@@ -171,8 +187,10 @@ impl TestTenant {
 /// A request carrying `authorization: Bearer <token>`.
 pub fn authed<T>(msg: T, token: &str) -> Request<T> {
     let mut req = Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
     req
 }
 
@@ -181,7 +199,10 @@ pub fn authed<T>(msg: T, token: &str) -> Request<T> {
 pub fn assert_error(status: &Status, code: Code, reason: &str) {
     assert_eq!(status.code(), code, "unexpected status: {status:?}");
     let info = status.get_error_details();
-    let got = info.error_info().map(|i| i.reason.as_str()).unwrap_or_default();
+    let got = info
+        .error_info()
+        .map(|i| i.reason.as_str())
+        .unwrap_or_default();
     assert_eq!(got, reason, "unexpected reason: {status:?}");
     assert_eq!(info.error_info().map(|i| i.domain.as_str()), Some("mosaic"));
 }
@@ -200,5 +221,8 @@ pub fn bad_fields(status: &Status) -> Vec<String> {
 pub fn assert_bad_field(status: &Status, field: &str) {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let fields = bad_fields(status);
-    assert!(fields.iter().any(|f| f == field), "expected {field} in {fields:?}");
+    assert!(
+        fields.iter().any(|f| f == field),
+        "expected {field} in {fields:?}"
+    );
 }

@@ -43,7 +43,12 @@ async fn create_then_get() {
     assert_eq!(t.tenant.plan, Plan::Pro as i32);
     assert!(t.tenant.create_time.is_some() && t.tenant.delete_time.is_none());
     let got = client()
-        .get_tenant(authed(GetTenantRequest { tenant_id: t.id.to_string() }, &t.token("viewer")))
+        .get_tenant(authed(
+            GetTenantRequest {
+                tenant_id: t.id.to_string(),
+            },
+            &t.token("viewer"),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -58,7 +63,10 @@ async fn only_platform_admins_create_and_list() {
         .await
         .unwrap_err();
     assert_error(&err, Code::PermissionDenied, "PERMISSION_DENIED");
-    let err = client().list_tenants(authed(ListTenantsRequest::default(), &t.owner_token)).await.unwrap_err();
+    let err = client()
+        .list_tenants(authed(ListTenantsRequest::default(), &t.owner_token))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }
 
@@ -67,21 +75,37 @@ async fn bad_create_input_names_the_field_and_writes_nothing() {
     let name = format!("bad-{}", Uuid::new_v4());
     let cases: Vec<(CreateTenantRequest, &str)> = vec![
         (create_req("", "a@b.io"), "tenant.display_name"),
-        (create_req(&"x".repeat(201), "a@b.io"), "tenant.display_name"),
+        (
+            create_req(&"x".repeat(201), "a@b.io"),
+            "tenant.display_name",
+        ),
         (create_req(&name, "not-an-email"), "owner_email"),
         (create_req(&name, ""), "owner_email"),
         (
             CreateTenantRequest {
-                tenant: Some(Tenant { display_name: name.clone(), plan: 99, ..Default::default() }),
+                tenant: Some(Tenant {
+                    display_name: name.clone(),
+                    plan: 99,
+                    ..Default::default()
+                }),
                 owner_email: "a@b.io".into(),
                 ..Default::default()
             },
             "tenant.plan",
         ),
-        (CreateTenantRequest { request_id: "nope".into(), ..create_req(&name, "a@b.io") }, "request_id"),
+        (
+            CreateTenantRequest {
+                request_id: "nope".into(),
+                ..create_req(&name, "a@b.io")
+            },
+            "request_id",
+        ),
     ];
     for (req, field) in cases {
-        let err = client().create_tenant(authed(req, &app().platform_token())).await.unwrap_err();
+        let err = client()
+            .create_tenant(authed(req, &app().platform_token()))
+            .await
+            .unwrap_err();
         assert_bad_field(&err, field);
     }
     assert_eq!(count_named(&name).await, 0);
@@ -101,14 +125,24 @@ async fn create_is_idempotent_by_request_id() {
         c1.create_tenant(authed(req.clone(), &token)),
         c2.create_tenant(authed(req.clone(), &token))
     );
-    let c = client().create_tenant(authed(req.clone(), &token)).await.unwrap().into_inner();
+    let c = client()
+        .create_tenant(authed(req.clone(), &token))
+        .await
+        .unwrap()
+        .into_inner();
     let (a, b) = (a.unwrap().into_inner(), b.unwrap().into_inner());
     assert_eq!(a.tenant_id, b.tenant_id);
     assert_eq!(a.tenant_id, c.tenant_id);
     assert_eq!(count_named(&name).await, 1);
 
-    let other = CreateTenantRequest { owner_email: "else@example.com".into(), ..req };
-    let err = client().create_tenant(authed(other, &token)).await.unwrap_err();
+    let other = CreateTenantRequest {
+        owner_email: "else@example.com".into(),
+        ..req
+    };
+    let err = client()
+        .create_tenant(authed(other, &token))
+        .await
+        .unwrap_err();
     assert_bad_field(&err, "request_id");
 }
 
@@ -122,23 +156,37 @@ async fn update_with_mask_and_etag() {
         etag: t.tenant.etag.clone(),
         ..Default::default()
     };
-    let mask = |p: &[&str]| Some(FieldMask { paths: p.iter().map(|s| (*s).to_owned()).collect() });
+    let mask = |p: &[&str]| {
+        Some(FieldMask {
+            paths: p.iter().map(|s| (*s).to_owned()).collect(),
+        })
+    };
     let updated = client()
         .update_tenant(authed(
-            UpdateTenantRequest { tenant: Some(update.clone()), update_mask: mask(&["display_name"]) },
+            UpdateTenantRequest {
+                tenant: Some(update.clone()),
+                update_mask: mask(&["display_name"]),
+            },
             &t.owner_token,
         ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(updated.display_name, "Renamed");
-    assert_eq!(updated.plan, Plan::Pro as i32, "plan not in the mask, unchanged");
+    assert_eq!(
+        updated.plan,
+        Plan::Pro as i32,
+        "plan not in the mask, unchanged"
+    );
     assert_ne!(updated.etag, t.tenant.etag);
 
     // The old etag is stale now.
     let err = client()
         .update_tenant(authed(
-            UpdateTenantRequest { tenant: Some(update.clone()), update_mask: mask(&["display_name"]) },
+            UpdateTenantRequest {
+                tenant: Some(update.clone()),
+                update_mask: mask(&["display_name"]),
+            },
             &t.owner_token,
         ))
         .await
@@ -148,7 +196,10 @@ async fn update_with_mask_and_etag() {
     update.etag = String::new();
     let err = client()
         .update_tenant(authed(
-            UpdateTenantRequest { tenant: Some(update.clone()), update_mask: mask(&["tenant_id"]) },
+            UpdateTenantRequest {
+                tenant: Some(update.clone()),
+                update_mask: mask(&["tenant_id"]),
+            },
             &t.owner_token,
         ))
         .await
@@ -158,7 +209,10 @@ async fn update_with_mask_and_etag() {
     // Admins may rename but not change the plan.
     let err = client()
         .update_tenant(authed(
-            UpdateTenantRequest { tenant: Some(update.clone()), update_mask: mask(&["plan"]) },
+            UpdateTenantRequest {
+                tenant: Some(update.clone()),
+                update_mask: mask(&["plan"]),
+            },
             &t.token("admin"),
         ))
         .await
@@ -166,7 +220,10 @@ async fn update_with_mask_and_etag() {
     assert_eq!(err.code(), Code::PermissionDenied);
     let err = client()
         .update_tenant(authed(
-            UpdateTenantRequest { tenant: Some(update.clone()), update_mask: mask(&["display_name"]) },
+            UpdateTenantRequest {
+                tenant: Some(update.clone()),
+                update_mask: mask(&["display_name"]),
+            },
             &t.token("member"),
         ))
         .await
@@ -174,13 +231,21 @@ async fn update_with_mask_and_etag() {
     assert_eq!(err.code(), Code::PermissionDenied);
 
     let settings = prost_types::Struct {
-        fields: [("locale".to_owned(), prost_types::Value { kind: Some(prost_types::value::Kind::StringValue("de".into())) })]
-            .into(),
+        fields: [(
+            "locale".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue("de".into())),
+            },
+        )]
+        .into(),
     };
     update.settings = Some(settings.clone());
     let updated = client()
         .update_tenant(authed(
-            UpdateTenantRequest { tenant: Some(update), update_mask: mask(&["plan", "settings"]) },
+            UpdateTenantRequest {
+                tenant: Some(update),
+                update_mask: mask(&["plan", "settings"]),
+            },
             &t.owner_token,
         ))
         .await
@@ -196,14 +261,25 @@ async fn soft_delete_and_undelete() {
     let t = app().new_tenant().await;
     let id = t.id.to_string();
     let deleted = client()
-        .delete_tenant(authed(DeleteTenantRequest { tenant_id: id.clone(), etag: String::new() }, &t.owner_token))
+        .delete_tenant(authed(
+            DeleteTenantRequest {
+                tenant_id: id.clone(),
+                etag: String::new(),
+            },
+            &t.owner_token,
+        ))
         .await
         .unwrap()
         .into_inner();
     assert!(deleted.delete_time.is_some());
     // Get still returns it; updates are refused; deleting again is a no-op.
     let got = client()
-        .get_tenant(authed(GetTenantRequest { tenant_id: id.clone() }, &t.owner_token))
+        .get_tenant(authed(
+            GetTenantRequest {
+                tenant_id: id.clone(),
+            },
+            &t.owner_token,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -211,8 +287,14 @@ async fn soft_delete_and_undelete() {
     let err = client()
         .update_tenant(authed(
             UpdateTenantRequest {
-                tenant: Some(Tenant { tenant_id: id.clone(), display_name: "x".into(), ..Default::default() }),
-                update_mask: Some(FieldMask { paths: vec!["display_name".into()] }),
+                tenant: Some(Tenant {
+                    tenant_id: id.clone(),
+                    display_name: "x".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["display_name".into()],
+                }),
             },
             &t.owner_token,
         ))
@@ -220,7 +302,13 @@ async fn soft_delete_and_undelete() {
         .unwrap_err();
     assert_error(&err, Code::FailedPrecondition, "TENANT_DELETED");
     let again = client()
-        .delete_tenant(authed(DeleteTenantRequest { tenant_id: id.clone(), etag: String::new() }, &t.owner_token))
+        .delete_tenant(authed(
+            DeleteTenantRequest {
+                tenant_id: id.clone(),
+                etag: String::new(),
+            },
+            &t.owner_token,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -230,7 +318,12 @@ async fn soft_delete_and_undelete() {
     assert!(listed(&id, true).await, "and shown with show_deleted");
 
     let restored = client()
-        .undelete_tenant(authed(UndeleteTenantRequest { tenant_id: id.clone() }, &app().platform_token()))
+        .undelete_tenant(authed(
+            UndeleteTenantRequest {
+                tenant_id: id.clone(),
+            },
+            &app().platform_token(),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -245,7 +338,11 @@ async fn listed(id: &str, show_deleted: bool) -> bool {
     loop {
         let page = client()
             .list_tenants(authed(
-                ListTenantsRequest { page_size: 1000, page_token: page_token.clone(), show_deleted },
+                ListTenantsRequest {
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    show_deleted,
+                },
                 &token,
             ))
             .await
@@ -272,7 +369,14 @@ async fn list_pages_visit_each_tenant_once() {
     let mut pages = 0;
     loop {
         let page = client()
-            .list_tenants(authed(ListTenantsRequest { page_size: 2, page_token: page_token.clone(), show_deleted: true }, &token))
+            .list_tenants(authed(
+                ListTenantsRequest {
+                    page_size: 2,
+                    page_token: page_token.clone(),
+                    show_deleted: true,
+                },
+                &token,
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -290,22 +394,53 @@ async fn list_pages_visit_each_tenant_once() {
     assert!(seen.len() >= 3);
 
     for (req, field) in [
-        (ListTenantsRequest { page_size: -1, ..Default::default() }, "page_size"),
-        (ListTenantsRequest { page_size: 1001, ..Default::default() }, "page_size"),
-        (ListTenantsRequest { page_token: "forged".into(), ..Default::default() }, "page_token"),
+        (
+            ListTenantsRequest {
+                page_size: -1,
+                ..Default::default()
+            },
+            "page_size",
+        ),
+        (
+            ListTenantsRequest {
+                page_size: 1001,
+                ..Default::default()
+            },
+            "page_size",
+        ),
+        (
+            ListTenantsRequest {
+                page_token: "forged".into(),
+                ..Default::default()
+            },
+            "page_token",
+        ),
     ] {
-        let err = client().list_tenants(authed(req, &token)).await.unwrap_err();
+        let err = client()
+            .list_tenants(authed(req, &token))
+            .await
+            .unwrap_err();
         assert_bad_field(&err, field);
     }
     // A token is bound to its filters.
     let first = client()
-        .list_tenants(authed(ListTenantsRequest { page_size: 1, ..Default::default() }, &token))
+        .list_tenants(authed(
+            ListTenantsRequest {
+                page_size: 1,
+                ..Default::default()
+            },
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();
     let err = client()
         .list_tenants(authed(
-            ListTenantsRequest { page_size: 1, page_token: first.next_page_token, show_deleted: true },
+            ListTenantsRequest {
+                page_size: 1,
+                page_token: first.next_page_token,
+                show_deleted: true,
+            },
             &token,
         ))
         .await
@@ -319,13 +454,10 @@ async fn another_tenant_is_not_found_and_unchanged() {
     let b = app().new_tenant().await;
     let a_id = a.id.to_string();
     let token = &b.owner_token;
-    let err = client().get_tenant(authed(GetTenantRequest { tenant_id: a_id.clone() }, token)).await.unwrap_err();
-    assert_error(&err, Code::NotFound, "TENANT_NOT_FOUND");
     let err = client()
-        .update_tenant(authed(
-            UpdateTenantRequest {
-                tenant: Some(Tenant { tenant_id: a_id.clone(), display_name: "pwned".into(), ..Default::default() }),
-                update_mask: Some(FieldMask { paths: vec!["display_name".into()] }),
+        .get_tenant(authed(
+            GetTenantRequest {
+                tenant_id: a_id.clone(),
             },
             token,
         ))
@@ -333,22 +465,63 @@ async fn another_tenant_is_not_found_and_unchanged() {
         .unwrap_err();
     assert_error(&err, Code::NotFound, "TENANT_NOT_FOUND");
     let err = client()
-        .delete_tenant(authed(DeleteTenantRequest { tenant_id: a_id.clone(), etag: String::new() }, token))
+        .update_tenant(authed(
+            UpdateTenantRequest {
+                tenant: Some(Tenant {
+                    tenant_id: a_id.clone(),
+                    display_name: "pwned".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["display_name".into()],
+                }),
+            },
+            token,
+        ))
         .await
         .unwrap_err();
     assert_error(&err, Code::NotFound, "TENANT_NOT_FOUND");
     let err = client()
-        .undelete_tenant(authed(UndeleteTenantRequest { tenant_id: a_id.clone() }, token))
+        .delete_tenant(authed(
+            DeleteTenantRequest {
+                tenant_id: a_id.clone(),
+                etag: String::new(),
+            },
+            token,
+        ))
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::NotFound, "TENANT_NOT_FOUND");
+    let err = client()
+        .undelete_tenant(authed(
+            UndeleteTenantRequest {
+                tenant_id: a_id.clone(),
+            },
+            token,
+        ))
         .await
         .unwrap_err();
     assert_error(&err, Code::NotFound, "TENANT_NOT_FOUND");
     // An id that exists nowhere looks exactly the same.
     let err = client()
-        .get_tenant(authed(GetTenantRequest { tenant_id: Uuid::now_v7().to_string() }, token))
+        .get_tenant(authed(
+            GetTenantRequest {
+                tenant_id: Uuid::now_v7().to_string(),
+            },
+            token,
+        ))
         .await
         .unwrap_err();
     assert_error(&err, Code::NotFound, "TENANT_NOT_FOUND");
-    let err = client().get_tenant(authed(GetTenantRequest { tenant_id: "x".into() }, token)).await.unwrap_err();
+    let err = client()
+        .get_tenant(authed(
+            GetTenantRequest {
+                tenant_id: "x".into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap_err();
     assert_bad_field(&err, "tenant_id");
 
     let after = client()

@@ -3,6 +3,9 @@
 //! clients. Every test makes its own tenants, so tests run in parallel
 //! against one database without cleaning up.
 
+// Tests and their helpers may unwrap: a panic is a clear test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 mod auth;
@@ -11,4 +14,5 @@ mod identity_api_keys;
 mod identity_members;
 mod identity_tenants;
 mod propagation;
+mod rate_limit;
 mod shutdown;

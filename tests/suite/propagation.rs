@@ -8,8 +8,8 @@ use std::time::Duration;
 use mosaic_proto::identity::member_service_client::MemberServiceClient;
 use mosaic_proto::identity::member_service_server::{MemberService, MemberServiceServer};
 use mosaic_proto::identity::{
-    AddMemberRequest, GetMemberRequest, ListMembersRequest, ListMembersResponse, Member, RemoveMemberRequest,
-    RemoveMemberResponse, UpdateMemberRequest,
+    AddMemberRequest, GetMemberRequest, ListMembersRequest, ListMembersResponse, Member,
+    RemoveMemberRequest, RemoveMemberResponse, UpdateMemberRequest,
 };
 use mosaic_tenant::{AuthLayer, TenantContext, TokenVerifier};
 use tonic::transport::{Channel, Server};
@@ -35,20 +35,32 @@ impl MemberService for Callee {
             tenant_id: ctx.tenant().map(|t| t.to_string()).unwrap_or_default(),
             user_id: ctx.principal().to_owned(),
             email: ctx.request_id().to_owned(),
-            display_name: ctx.remaining().map(|d| d.as_millis().to_string()).unwrap_or_default(),
+            display_name: ctx
+                .remaining()
+                .map(|d| d.as_millis().to_string())
+                .unwrap_or_default(),
             ..Default::default()
         }))
     }
     async fn add_member(&self, _: Request<AddMemberRequest>) -> Result<Response<Member>, Status> {
         Err(Status::unimplemented("test"))
     }
-    async fn list_members(&self, _: Request<ListMembersRequest>) -> Result<Response<ListMembersResponse>, Status> {
+    async fn list_members(
+        &self,
+        _: Request<ListMembersRequest>,
+    ) -> Result<Response<ListMembersResponse>, Status> {
         Err(Status::unimplemented("test"))
     }
-    async fn update_member(&self, _: Request<UpdateMemberRequest>) -> Result<Response<Member>, Status> {
+    async fn update_member(
+        &self,
+        _: Request<UpdateMemberRequest>,
+    ) -> Result<Response<Member>, Status> {
         Err(Status::unimplemented("test"))
     }
-    async fn remove_member(&self, _: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberResponse>, Status> {
+    async fn remove_member(
+        &self,
+        _: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberResponse>, Status> {
         Err(Status::unimplemented("test"))
     }
 }
@@ -66,13 +78,22 @@ impl MemberService for Caller {
     async fn add_member(&self, _: Request<AddMemberRequest>) -> Result<Response<Member>, Status> {
         Err(Status::unimplemented("test"))
     }
-    async fn list_members(&self, _: Request<ListMembersRequest>) -> Result<Response<ListMembersResponse>, Status> {
+    async fn list_members(
+        &self,
+        _: Request<ListMembersRequest>,
+    ) -> Result<Response<ListMembersResponse>, Status> {
         Err(Status::unimplemented("test"))
     }
-    async fn update_member(&self, _: Request<UpdateMemberRequest>) -> Result<Response<Member>, Status> {
+    async fn update_member(
+        &self,
+        _: Request<UpdateMemberRequest>,
+    ) -> Result<Response<Member>, Status> {
         Err(Status::unimplemented("test"))
     }
-    async fn remove_member(&self, _: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberResponse>, Status> {
+    async fn remove_member(
+        &self,
+        _: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberResponse>, Status> {
         Err(Status::unimplemented("test"))
     }
 }
@@ -90,7 +111,9 @@ where
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy()
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy()
 }
 
 #[tokio::test]
@@ -103,14 +126,22 @@ async fn callee_sees_the_callers_context_and_a_smaller_deadline() {
     let token = app().token(Some(tenant), &principal, &["member"]);
     let request_id = format!("prop-{}", Uuid::new_v4());
     let mut req = crate::harness::authed(GetMemberRequest::default(), &token);
-    req.metadata_mut().insert("x-request-id", request_id.parse().unwrap());
+    req.metadata_mut()
+        .insert("x-request-id", request_id.parse().unwrap());
     req.set_timeout(Duration::from_secs(2));
 
-    let seen = MemberServiceClient::new(caller).get_member(req).await.unwrap().into_inner();
+    let seen = MemberServiceClient::new(caller)
+        .get_member(req)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(seen.tenant_id, tenant.to_string());
     assert_eq!(seen.user_id, principal);
     assert_eq!(seen.email, request_id);
-    let left: u64 = seen.display_name.parse().expect("the callee saw a deadline");
+    let left: u64 = seen
+        .display_name
+        .parse()
+        .expect("the callee saw a deadline");
     assert!(left < 1950, "deadline not reduced: {left} ms left of 2000");
     assert!(left > 1000, "deadline far too small: {left} ms");
 }

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 #[tokio::test]
 async fn sigterm_with_an_open_stream_exits_within_the_deadline() {
@@ -15,7 +17,9 @@ async fn sigterm_with_an_open_stream_exits_within_the_deadline() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let secret: String = (0..2).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
+    let secret: String = (0..2)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mosaic"))
         .arg("serve")
         .env("MOSAIC_GRPC_ADDR", format!("127.0.0.1:{port}"))
@@ -28,24 +32,32 @@ async fn sigterm_with_an_open_stream_exits_within_the_deadline() {
         .spawn()
         .unwrap();
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
     let mut health = None;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
         if let Ok(ch) = channel.connect().await {
             let mut client = HealthClient::new(ch);
-            if let Ok(r) = client.check(HealthCheckRequest::default()).await {
-                if r.into_inner().status == ServingStatus::Serving as i32 {
-                    health = Some(client);
-                    break;
-                }
+            if let Ok(r) = client.check(HealthCheckRequest::default()).await
+                && r.into_inner().status == ServingStatus::Serving as i32
+            {
+                health = Some(client);
+                break;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut health = health.expect("the suite never became SERVING");
-    let mut watch = health.watch(HealthCheckRequest::default()).await.unwrap().into_inner();
-    assert_eq!(watch.message().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+    let mut watch = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
 
     let pid = Pid::from_raw(child.id().unwrap() as i32);
     let signalled = Instant::now();
@@ -61,5 +73,8 @@ async fn sigterm_with_an_open_stream_exits_within_the_deadline() {
         .unwrap();
     let took = signalled.elapsed();
     assert!(status.success(), "exit status {status:?}");
-    assert!(took < Duration::from_secs(4), "took {took:?} with a 2 s deadline");
+    assert!(
+        took < Duration::from_secs(4),
+        "took {took:?} with a 2 s deadline"
+    );
 }

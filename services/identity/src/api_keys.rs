@@ -10,8 +10,8 @@ use mosaic_api::{AllOk, ApiError, convert, validate};
 use mosaic_db::idempotency::{Claim, fingerprint};
 use mosaic_db::{Database, TenantContext};
 use mosaic_proto::identity::{
-    ApiKey, CreateApiKeyRequest, CreateApiKeyResponse, ListApiKeysRequest, ListApiKeysResponse, RevokeApiKeyRequest,
-    Role as PbRole, api_key_service_server::ApiKeyService,
+    ApiKey, CreateApiKeyRequest, CreateApiKeyResponse, ListApiKeysRequest, ListApiKeysResponse,
+    RevokeApiKeyRequest, Role as PbRole, api_key_service_server::ApiKeyService,
 };
 use mosaic_tenant::Role;
 use sha2::{Digest, Sha256};
@@ -38,7 +38,11 @@ impl Secret {
     fn generate(tenant: Uuid, key: Uuid) -> Self {
         let random: [u8; 32] = rand::random();
         let random = URL_SAFE_NO_PAD.encode(random);
-        let text = format!("{SECRET_PREFIX}_{}_{}_{random}", tenant.simple(), key.simple());
+        let text = format!(
+            "{SECRET_PREFIX}_{}_{}_{random}",
+            tenant.simple(),
+            key.simple()
+        );
         Self {
             hash: hash(&text),
             prefix: format!("{}…", &random[..8]),
@@ -54,7 +58,8 @@ pub(crate) fn hash(secret: &str) -> Vec<u8> {
 /// The tenant and key id a secret names, if it has the shape of one.
 pub(crate) fn parse_secret(secret: &str) -> Option<(Uuid, Uuid)> {
     let mut parts = secret.splitn(4, '_');
-    let (prefix, tenant, key, random) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (prefix, tenant, key, random) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if prefix != SECRET_PREFIX || tenant.len() != 32 || key.len() != 32 || random.len() != 43 {
         return None;
     }
@@ -83,18 +88,24 @@ impl ApiKeyService for ApiKeys {
         let r = req.into_inner();
         let (display_name, role, expires_at, request_id) = (
             validate::name("display_name", &r.display_name, MAX_NAME),
-            validate::enum_or::<PbRole>("role", r.role, PbRole::Member).and_then(|pb| match names::role(pb) {
-                Some(Role::Owner) | None => Err(ApiError::invalid_argument("role", "an API key cannot be an owner")),
-                Some(role) => Ok(role),
+            validate::enum_or::<PbRole>("role", r.role, PbRole::Member).and_then(|pb| {
+                match names::role(pb) {
+                    Some(Role::Owner) | None => Err(ApiError::invalid_argument(
+                        "role",
+                        "an API key cannot be an owner",
+                    )),
+                    Some(role) => Ok(role),
+                }
             }),
             r.expire_time
                 .as_ref()
                 .map(|t| convert::datetime("expire_time", t))
                 .transpose()
                 .and_then(|t| match t {
-                    Some(t) if t <= chrono::Utc::now() => {
-                        Err(ApiError::invalid_argument("expire_time", "must be in the future"))
-                    }
+                    Some(t) if t <= chrono::Utc::now() => Err(ApiError::invalid_argument(
+                        "expire_time",
+                        "must be in the future",
+                    )),
                     t => Ok(t),
                 }),
             validate::request_id("request_id", &r.request_id),
@@ -104,17 +115,34 @@ impl ApiKeyService for ApiKeys {
         ctx.require(role)?;
 
         let mut tx = self.db.begin(&ctx).await?;
-        if let Some(rid) = request_id {
-            // A retry gets the key without its secret: secrets are never stored.
-            if let Claim::Replay(resp) = tx.claim_request("CreateApiKey", rid, &fingerprint(&r)).await? {
-                return Ok(Response::new(resp));
-            }
+        // A retry gets the key without its secret: secrets are never stored.
+        if let Some(rid) = request_id
+            && let Claim::Replay(resp) = tx
+                .claim_request("CreateApiKey", rid, &fingerprint(&r))
+                .await?
+        {
+            return Ok(Response::new(resp));
         }
         let key_id = Uuid::now_v7();
         let secret = Secret::generate(tx.tenant_id(), key_id);
         let creator = ctx.principal().to_owned();
-        let row = store::insert(&mut tx, key_id, &display_name, role, &secret, &creator, expires_at).await?;
-        tx.audit("api_key.create", "api_key", key_id, serde_json::json!({ "role": role.as_str() })).await?;
+        let row = store::insert(
+            &mut tx,
+            key_id,
+            &display_name,
+            role,
+            &secret,
+            &creator,
+            expires_at,
+        )
+        .await?;
+        tx.audit(
+            "api_key.create",
+            "api_key",
+            key_id,
+            serde_json::json!({ "role": role.as_str() }),
+        )
+        .await?;
         let mut resp = CreateApiKeyResponse {
             api_key: Some(row.into_proto()),
             secret: String::new(),
@@ -127,11 +155,16 @@ impl ApiKeyService for ApiKeys {
         Ok(Response::new(resp))
     }
 
-    async fn list_api_keys(&self, req: Request<ListApiKeysRequest>) -> Result<Response<ListApiKeysResponse>, Status> {
+    async fn list_api_keys(
+        &self,
+        req: Request<ListApiKeysRequest>,
+    ) -> Result<Response<ListApiKeysResponse>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Admin)?;
         let r = req.get_ref();
-        let binding = PageBinding::new("ListApiKeys").with(ctx.tenant_id()?).with(r.show_revoked);
+        let binding = PageBinding::new("ListApiKeys")
+            .with(ctx.tenant_id()?)
+            .with(r.show_revoked);
         let (size, after) = (
             validate::page_size("page_size", r.page_size),
             page::decode::<Uuid>(&binding, &r.page_token),
@@ -147,14 +180,18 @@ impl ApiKeyService for ApiKeys {
         }))
     }
 
-    async fn revoke_api_key(&self, req: Request<RevokeApiKeyRequest>) -> Result<Response<ApiKey>, Status> {
+    async fn revoke_api_key(
+        &self,
+        req: Request<RevokeApiKeyRequest>,
+    ) -> Result<Response<ApiKey>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Admin)?;
         let key_id = validate::id("api_key_id", &req.get_ref().api_key_id)?;
         let mut tx = self.db.begin(&ctx).await?;
         let row = match store::revoke(&mut tx, key_id).await? {
             Some(row) => {
-                tx.audit("api_key.revoke", "api_key", key_id, serde_json::json!({})).await?;
+                tx.audit("api_key.revoke", "api_key", key_id, serde_json::json!({}))
+                    .await?;
                 row
             }
             // Already revoked: revoking again is a no-op that returns the key.
@@ -205,8 +242,7 @@ pub(crate) mod store {
         }
     }
 
-    const COLUMNS: &str =
-        "tenant_id, api_key_id, display_name, role, secret_prefix, creator, created_at, expires_at, revoked_at";
+    const COLUMNS: &str = "tenant_id, api_key_id, display_name, role, secret_prefix, creator, created_at, expires_at, revoked_at";
 
     pub async fn insert(
         tx: &mut TenantTx,
@@ -237,12 +273,14 @@ pub(crate) mod store {
 
     pub async fn get(tx: &mut TenantTx, key_id: Uuid) -> ApiResult<Option<ApiKeyRow>> {
         let tenant = tx.tenant_id();
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND api_key_id = $2"))
-            .bind(tenant)
-            .bind(key_id)
-            .fetch_optional(tx.conn())
-            .await
-            .map_err(db_error)
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND api_key_id = $2"
+        ))
+        .bind(tenant)
+        .bind(key_id)
+        .fetch_optional(tx.conn())
+        .await
+        .map_err(db_error)
     }
 
     pub async fn list(

@@ -23,6 +23,8 @@ impl AuditService for Audit {
         req: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
         let ctx = TenantContext::of(&req)?;
-        Ok(Response::new(mosaic_db::audit::list(&self.db, &ctx, req.get_ref()).await?))
+        Ok(Response::new(
+            mosaic_db::audit::list(&self.db, &ctx, req.get_ref()).await?,
+        ))
     }
 }

@@ -77,7 +77,9 @@ pub fn routes(state: IdentityState, max_message_bytes: usize) -> tonic::service:
         TokenServiceServer::new(tokens::Tokens::new(state))
             .max_decoding_message_size(max_message_bytes),
     )
-    .add_service(AuditServiceServer::new(audit::Audit::new(db)).max_decoding_message_size(max_message_bytes))
+    .add_service(
+        AuditServiceServer::new(audit::Audit::new(db)).max_decoding_message_size(max_message_bytes),
+    )
 }
 
 /// Lowercase names of the proto enums as stored in the database.

@@ -6,8 +6,9 @@ use mosaic_api::{AllOk, ApiError, ApiResult, etag, mask::UpdateMask, validate};
 use mosaic_db::idempotency::{Claim, fingerprint};
 use mosaic_db::{Database, TenantContext, TenantTx};
 use mosaic_proto::identity::{
-    AddMemberRequest, GetMemberRequest, ListMembersRequest, ListMembersResponse, Member, RemoveMemberRequest,
-    RemoveMemberResponse, Role as PbRole, UpdateMemberRequest, member_service_server::MemberService,
+    AddMemberRequest, GetMemberRequest, ListMembersRequest, ListMembersResponse, Member,
+    RemoveMemberRequest, RemoveMemberResponse, Role as PbRole, UpdateMemberRequest,
+    member_service_server::MemberService,
 };
 use mosaic_tenant::Role;
 use tonic::{Request, Response, Status};
@@ -38,7 +39,11 @@ fn parse_role(field: &str, raw: i32) -> ApiResult<Role> {
 }
 
 /// Granting or revoking ownership takes an owner.
-fn require_for_role_change(ctx: &TenantContext, from: Option<Role>, to: Option<Role>) -> ApiResult<()> {
+fn require_for_role_change(
+    ctx: &TenantContext,
+    from: Option<Role>,
+    to: Option<Role>,
+) -> ApiResult<()> {
     if from == Some(Role::Owner) || to == Some(Role::Owner) {
         ctx.require(Role::Owner)
     } else {
@@ -62,17 +67,33 @@ impl MemberService for Members {
         require_for_role_change(&ctx, None, Some(role))?;
 
         let mut tx = self.db.begin(&ctx).await?;
-        if let Some(rid) = request_id {
-            if let Claim::Replay(m) = tx.claim_request::<Member>("AddMember", rid, &fingerprint(&r)).await? {
-                return Ok(Response::new(m));
-            }
+        if let Some(rid) = request_id
+            && let Claim::Replay(m) = tx
+                .claim_request::<Member>("AddMember", rid, &fingerprint(&r))
+                .await?
+        {
+            return Ok(Response::new(m));
         }
         let user_id = store::resolve_user(&mut tx, &email).await?;
         if !store::insert(&mut tx, user_id, role, &display_name).await? {
-            return Err(ApiError::already_exists("MEMBER_EXISTS", "email", "this user is already a member").into());
+            return Err(ApiError::already_exists(
+                "MEMBER_EXISTS",
+                "email",
+                "this user is already a member",
+            )
+            .into());
         }
-        let member = store::get(&mut tx, user_id).await?.ok_or_else(not_found)?.into_proto();
-        tx.audit("member.add", "member", user_id, serde_json::json!({ "role": role.as_str() })).await?;
+        let member = store::get(&mut tx, user_id)
+            .await?
+            .ok_or_else(not_found)?
+            .into_proto();
+        tx.audit(
+            "member.add",
+            "member",
+            user_id,
+            serde_json::json!({ "role": role.as_str() }),
+        )
+        .await?;
         if let Some(rid) = request_id {
             tx.complete_request("AddMember", rid, &member).await?;
         }
@@ -90,11 +111,16 @@ impl MemberService for Members {
         Ok(Response::new(row.into_proto()))
     }
 
-    async fn list_members(&self, req: Request<ListMembersRequest>) -> Result<Response<ListMembersResponse>, Status> {
+    async fn list_members(
+        &self,
+        req: Request<ListMembersRequest>,
+    ) -> Result<Response<ListMembersResponse>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
         let r = req.get_ref();
-        let binding = PageBinding::new("ListMembers").with(ctx.tenant_id()?).with(r.role);
+        let binding = PageBinding::new("ListMembers")
+            .with(ctx.tenant_id()?)
+            .with(r.role);
         let (size, after, role) = (
             validate::page_size("page_size", r.page_size),
             page::decode::<Uuid>(&binding, &r.page_token),
@@ -111,7 +137,10 @@ impl MemberService for Members {
         }))
     }
 
-    async fn update_member(&self, req: Request<UpdateMemberRequest>) -> Result<Response<Member>, Status> {
+    async fn update_member(
+        &self,
+        req: Request<UpdateMemberRequest>,
+    ) -> Result<Response<Member>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Admin)?;
         let r = req.into_inner();
@@ -119,7 +148,11 @@ impl MemberService for Members {
         let mask = UpdateMask::parse(r.update_mask.as_ref(), &["role", "display_name"])?;
         let (user_id, role, display_name, expected) = (
             validate::id("member.user_id", &m.user_id),
-            if mask.contains("role") { parse_role("member.role", m.role).map(Some) } else { Ok(None) },
+            if mask.contains("role") {
+                parse_role("member.role", m.role).map(Some)
+            } else {
+                Ok(None)
+            },
             if mask.contains("display_name") {
                 validate::text("member.display_name", m.display_name.trim(), MAX_NAME).map(Some)
             } else {
@@ -162,7 +195,11 @@ impl MemberService for Members {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Admin)?;
         let r = req.get_ref();
-        let (user_id, expected) = (validate::id("user_id", &r.user_id), etag::parse("etag", &r.etag)).all_ok()?;
+        let (user_id, expected) = (
+            validate::id("user_id", &r.user_id),
+            etag::parse("etag", &r.etag),
+        )
+            .all_ok()?;
         let mut tx = self.db.begin(&ctx).await?;
         store::lock_tenant(&mut tx).await?;
         let current = store::get(&mut tx, user_id).await?.ok_or_else(not_found)?;
@@ -175,7 +212,13 @@ impl MemberService for Members {
             ensure_other_owner(&mut tx).await?;
         }
         store::delete(&mut tx, user_id).await?;
-        tx.audit("member.remove", "member", user_id, serde_json::json!({ "role": current.role })).await?;
+        tx.audit(
+            "member.remove",
+            "member",
+            user_id,
+            serde_json::json!({ "role": current.role }),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Response::new(RemoveMemberResponse {}))
     }
@@ -245,7 +288,12 @@ pub(crate) mod store {
     }
 
     /// False when the user is already a member.
-    pub async fn insert(tx: &mut TenantTx, user_id: Uuid, role: Role, display_name: &str) -> ApiResult<bool> {
+    pub async fn insert(
+        tx: &mut TenantTx,
+        user_id: Uuid,
+        role: Role,
+        display_name: &str,
+    ) -> ApiResult<bool> {
         let tenant = tx.tenant_id();
         let n = sqlx::query(
             "INSERT INTO memberships (tenant_id, user_id, role, display_name) VALUES ($1, $2, $3, $4) \
@@ -264,12 +312,14 @@ pub(crate) mod store {
 
     pub async fn get(tx: &mut TenantTx, user_id: Uuid) -> ApiResult<Option<MemberRow>> {
         let tenant = tx.tenant_id();
-        sqlx::query_as(&format!("{SELECT} WHERE m.tenant_id = $1 AND m.user_id = $2"))
-            .bind(tenant)
-            .bind(user_id)
-            .fetch_optional(tx.conn())
-            .await
-            .map_err(db_error)
+        sqlx::query_as(&format!(
+            "{SELECT} WHERE m.tenant_id = $1 AND m.user_id = $2"
+        ))
+        .bind(tenant)
+        .bind(user_id)
+        .fetch_optional(tx.conn())
+        .await
+        .map_err(db_error)
     }
 
     pub async fn list(
@@ -305,11 +355,13 @@ pub(crate) mod store {
 
     pub async fn count_owners(tx: &mut TenantTx) -> ApiResult<i64> {
         let tenant = tx.tenant_id();
-        sqlx::query_scalar("SELECT count(*) FROM memberships WHERE tenant_id = $1 AND role = 'owner'")
-            .bind(tenant)
-            .fetch_one(tx.conn())
-            .await
-            .map_err(db_error)
+        sqlx::query_scalar(
+            "SELECT count(*) FROM memberships WHERE tenant_id = $1 AND role = 'owner'",
+        )
+        .bind(tenant)
+        .fetch_one(tx.conn())
+        .await
+        .map_err(db_error)
     }
 
     pub async fn update(

@@ -7,8 +7,9 @@ use mosaic_api::{AllOk, ApiError, ApiResult, convert, etag, mask::UpdateMask, va
 use mosaic_db::idempotency::{Claim, fingerprint};
 use mosaic_db::{Database, TenantContext};
 use mosaic_proto::identity::{
-    CreateTenantRequest, DeleteTenantRequest, GetTenantRequest, ListTenantsRequest, ListTenantsResponse, Plan,
-    Tenant, UndeleteTenantRequest, UpdateTenantRequest, tenant_service_server::TenantService,
+    CreateTenantRequest, DeleteTenantRequest, GetTenantRequest, ListTenantsRequest,
+    ListTenantsResponse, Plan, Tenant, UndeleteTenantRequest, UpdateTenantRequest,
+    tenant_service_server::TenantService,
 };
 use mosaic_tenant::Role;
 use tonic::{Request, Response, Status};
@@ -47,7 +48,10 @@ impl Tenants {
 
 #[tonic::async_trait]
 impl TenantService for Tenants {
-    async fn create_tenant(&self, req: Request<CreateTenantRequest>) -> Result<Response<Tenant>, Status> {
+    async fn create_tenant(
+        &self,
+        req: Request<CreateTenantRequest>,
+    ) -> Result<Response<Tenant>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require_platform_admin()?;
         let r = req.into_inner();
@@ -62,19 +66,43 @@ impl TenantService for Tenants {
         )
             .all_ok()?;
 
-        let mut tx = self.db.begin(&ctx.scoped_to(PLATFORM_SCOPE, not_found)?).await?;
-        if let Some(rid) = request_id {
-            if let Claim::Replay(t) = tx.claim_request::<Tenant>("CreateTenant", rid, &fingerprint(&r)).await? {
-                return Ok(Response::new(t));
-            }
+        let mut tx = self
+            .db
+            .begin(&ctx.scoped_to(PLATFORM_SCOPE, not_found)?)
+            .await?;
+        if let Some(rid) = request_id
+            && let Claim::Replay(t) = tx
+                .claim_request::<Tenant>("CreateTenant", rid, &fingerprint(&r))
+                .await?
+        {
+            return Ok(Response::new(t));
         }
         let tenant_id = Uuid::now_v7();
         tx.switch_tenant(tenant_id).await?;
-        let row = store::insert(&mut tx, tenant_id, &display_name, names::plan(plan), &settings).await?;
+        let row = store::insert(
+            &mut tx,
+            tenant_id,
+            &display_name,
+            names::plan(plan),
+            &settings,
+        )
+        .await?;
         let owner = crate::members::store::resolve_user(&mut tx, &owner_email).await?;
         crate::members::store::insert(&mut tx, owner, Role::Owner, &owner_name).await?;
-        tx.audit("tenant.create", "tenant", tenant_id, serde_json::json!({ "plan": names::plan(plan) })).await?;
-        tx.audit("member.add", "member", owner, serde_json::json!({ "role": "owner" })).await?;
+        tx.audit(
+            "tenant.create",
+            "tenant",
+            tenant_id,
+            serde_json::json!({ "plan": names::plan(plan) }),
+        )
+        .await?;
+        tx.audit(
+            "member.add",
+            "member",
+            owner,
+            serde_json::json!({ "role": "owner" }),
+        )
+        .await?;
         let tenant = row.into_proto();
         if let Some(rid) = request_id {
             tx.switch_tenant(PLATFORM_SCOPE).await?;
@@ -94,7 +122,10 @@ impl TenantService for Tenants {
         Ok(Response::new(row.into_proto()))
     }
 
-    async fn list_tenants(&self, req: Request<ListTenantsRequest>) -> Result<Response<ListTenantsResponse>, Status> {
+    async fn list_tenants(
+        &self,
+        req: Request<ListTenantsRequest>,
+    ) -> Result<Response<ListTenantsResponse>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require_platform_admin()?;
         let r = req.get_ref();
@@ -114,15 +145,25 @@ impl TenantService for Tenants {
         }))
     }
 
-    async fn update_tenant(&self, req: Request<UpdateTenantRequest>) -> Result<Response<Tenant>, Status> {
+    async fn update_tenant(
+        &self,
+        req: Request<UpdateTenantRequest>,
+    ) -> Result<Response<Tenant>, Status> {
         let ctx = TenantContext::of(&req)?;
         let r = req.into_inner();
         let t = r.tenant.unwrap_or_default();
         let scoped = Self::scope(&ctx, "tenant.tenant_id", &t.tenant_id, Role::Admin)?;
-        let mask = UpdateMask::parse(r.update_mask.as_ref(), &["display_name", "plan", "settings"])?;
+        let mask = UpdateMask::parse(
+            r.update_mask.as_ref(),
+            &["display_name", "plan", "settings"],
+        )?;
         let (display_name, plan, settings, expected) = (
-            opt(mask.contains("display_name"), || validate::name("tenant.display_name", &t.display_name, MAX_NAME)),
-            opt(mask.contains("plan"), || validate::enum_value::<Plan>("tenant.plan", t.plan)),
+            opt(mask.contains("display_name"), || {
+                validate::name("tenant.display_name", &t.display_name, MAX_NAME)
+            }),
+            opt(mask.contains("plan"), || {
+                validate::enum_value::<Plan>("tenant.plan", t.plan)
+            }),
             opt(mask.contains("settings"), || {
                 convert::json_object("tenant.settings", t.settings.as_ref(), MAX_SETTINGS_BYTES)
             }),
@@ -135,41 +176,80 @@ impl TenantService for Tenants {
         }
 
         let mut tx = self.db.begin(&scoped).await?;
-        let current = store::get_for_update(&mut tx).await?.ok_or_else(not_found)?;
+        let current = store::get_for_update(&mut tx)
+            .await?
+            .ok_or_else(not_found)?;
         if expected.is_some_and(|e| e != current.revision) {
             return Err(etag::stale("tenant").into());
         }
         if current.deleted_at.is_some() {
-            return Err(ApiError::failed_precondition("TENANT_DELETED", "the tenant is deleted; undelete it first").into());
+            return Err(ApiError::failed_precondition(
+                "TENANT_DELETED",
+                "the tenant is deleted; undelete it first",
+            )
+            .into());
         }
-        let row = store::update(&mut tx, display_name.as_deref(), plan.map(names::plan), settings.as_ref()).await?;
-        let changed: Vec<&str> =
-            ["display_name", "plan", "settings"].into_iter().filter(|p| mask.contains(p)).collect();
-        tx.audit("tenant.update", "tenant", row.tenant_id, serde_json::json!({ "fields": changed })).await?;
+        let row = store::update(
+            &mut tx,
+            display_name.as_deref(),
+            plan.map(names::plan),
+            settings.as_ref(),
+        )
+        .await?;
+        let changed: Vec<&str> = ["display_name", "plan", "settings"]
+            .into_iter()
+            .filter(|p| mask.contains(p))
+            .collect();
+        tx.audit(
+            "tenant.update",
+            "tenant",
+            row.tenant_id,
+            serde_json::json!({ "fields": changed }),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Response::new(row.into_proto()))
     }
 
-    async fn delete_tenant(&self, req: Request<DeleteTenantRequest>) -> Result<Response<Tenant>, Status> {
+    async fn delete_tenant(
+        &self,
+        req: Request<DeleteTenantRequest>,
+    ) -> Result<Response<Tenant>, Status> {
         let ctx = TenantContext::of(&req)?;
         let r = req.get_ref();
         let scoped = Self::scope(&ctx, "tenant_id", &r.tenant_id, Role::Owner)?;
         let expected = etag::parse("etag", &r.etag)?;
-        self.set_deleted(&scoped, expected, true).await.map(Response::new).map_err(Into::into)
+        self.set_deleted(&scoped, expected, true)
+            .await
+            .map(Response::new)
+            .map_err(Into::into)
     }
 
-    async fn undelete_tenant(&self, req: Request<UndeleteTenantRequest>) -> Result<Response<Tenant>, Status> {
+    async fn undelete_tenant(
+        &self,
+        req: Request<UndeleteTenantRequest>,
+    ) -> Result<Response<Tenant>, Status> {
         let ctx = TenantContext::of(&req)?;
         let scoped = Self::scope(&ctx, "tenant_id", &req.get_ref().tenant_id, Role::Owner)?;
-        self.set_deleted(&scoped, None, false).await.map(Response::new).map_err(Into::into)
+        self.set_deleted(&scoped, None, false)
+            .await
+            .map(Response::new)
+            .map_err(Into::into)
     }
 }
 
 impl Tenants {
     /// Soft delete or undelete; repeating either is a no-op that returns the tenant.
-    async fn set_deleted(&self, ctx: &TenantContext, expected: Option<i64>, deleted: bool) -> ApiResult<Tenant> {
+    async fn set_deleted(
+        &self,
+        ctx: &TenantContext,
+        expected: Option<i64>,
+        deleted: bool,
+    ) -> ApiResult<Tenant> {
         let mut tx = self.db.begin(ctx).await?;
-        let current = store::get_for_update(&mut tx).await?.ok_or_else(not_found)?;
+        let current = store::get_for_update(&mut tx)
+            .await?
+            .ok_or_else(not_found)?;
         if expected.is_some_and(|e| e != current.revision) {
             return Err(etag::stale("tenant"));
         }
@@ -178,8 +258,13 @@ impl Tenants {
             return Ok(current.into_proto());
         }
         let row = store::set_deleted(&mut tx, deleted).await?;
-        let action = if deleted { "tenant.delete" } else { "tenant.undelete" };
-        tx.audit(action, "tenant", row.tenant_id, serde_json::json!({})).await?;
+        let action = if deleted {
+            "tenant.delete"
+        } else {
+            "tenant.undelete"
+        };
+        tx.audit(action, "tenant", row.tenant_id, serde_json::json!({}))
+            .await?;
         tx.commit().await?;
         Ok(row.into_proto())
     }
@@ -227,7 +312,8 @@ pub(crate) mod store {
         }
     }
 
-    const COLUMNS: &str = "tenant_id, display_name, plan, settings, revision, created_at, updated_at, deleted_at";
+    const COLUMNS: &str =
+        "tenant_id, display_name, plan, settings, revision, created_at, updated_at, deleted_at";
 
     pub async fn insert(
         tx: &mut TenantTx,
@@ -250,20 +336,24 @@ pub(crate) mod store {
 
     pub async fn get(tx: &mut TenantTx) -> ApiResult<Option<TenantRow>> {
         let id = tx.tenant_id();
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id = $1"))
-            .bind(id)
-            .fetch_optional(tx.conn())
-            .await
-            .map_err(db_error)
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM tenants WHERE tenant_id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await
+        .map_err(db_error)
     }
 
     pub async fn get_for_update(tx: &mut TenantTx) -> ApiResult<Option<TenantRow>> {
         let id = tx.tenant_id();
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id = $1 FOR UPDATE"))
-            .bind(id)
-            .fetch_optional(tx.conn())
-            .await
-            .map_err(db_error)
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM tenants WHERE tenant_id = $1 FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await
+        .map_err(db_error)
     }
 
     /// Platform listing, ordered by id (creation order: ids are UUIDv7).

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use mosaic_api::{ApiError, ApiResult, convert};
 use mosaic_db::TenantContext;
-use mosaic_proto::identity::{ExchangeApiKeyRequest, ExchangeApiKeyResponse, token_service_server::TokenService};
+use mosaic_proto::identity::{
+    ExchangeApiKeyRequest, ExchangeApiKeyResponse, token_service_server::TokenService,
+};
 use mosaic_tenant::Claims;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
@@ -35,7 +37,9 @@ impl Tokens {
     async fn exchange(&self, r: &ExchangeApiKeyRequest) -> ApiResult<ExchangeApiKeyResponse> {
         let ttl = match r.ttl_seconds {
             0 => self.state.default_token_ttl,
-            n if (MIN_TTL..=MAX_TTL).contains(&(n as u64)) && n > 0 => Duration::from_secs(n as u64),
+            n if (MIN_TTL..=MAX_TTL).contains(&(n as u64)) && n > 0 => {
+                Duration::from_secs(n as u64)
+            }
             _ => {
                 return Err(ApiError::invalid_argument(
                     "ttl_seconds",
@@ -55,15 +59,30 @@ impl Tokens {
             return Err(invalid());
         }
         if row.revoked_at.is_some() {
-            return Err(ApiError::unauthenticated("API_KEY_REVOKED", "the API key was revoked"));
+            return Err(ApiError::unauthenticated(
+                "API_KEY_REVOKED",
+                "the API key was revoked",
+            ));
         }
         if row.expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
-            return Err(ApiError::unauthenticated("API_KEY_EXPIRED", "the API key has expired"));
+            return Err(ApiError::unauthenticated(
+                "API_KEY_EXPIRED",
+                "the API key has expired",
+            ));
         }
         if row.tenant_deleted {
-            return Err(ApiError::failed_precondition("TENANT_DELETED", "the tenant is deleted"));
+            return Err(ApiError::failed_precondition(
+                "TENANT_DELETED",
+                "the tenant is deleted",
+            ));
         }
-        let claims = Claims::new(&self.state.auth, format!("key:{key_id}"), Some(tenant), vec![row.role], ttl);
+        let claims = Claims::new(
+            &self.state.auth,
+            format!("key:{key_id}"),
+            Some(tenant),
+            vec![row.role],
+            ttl,
+        );
         let access_token = self.state.signer.sign(&claims)?;
         let expire = chrono::DateTime::from_timestamp(claims.exp as i64, 0).unwrap_or_default();
         tracing::info!(tenant = %tenant, api_key = %key_id, "api key exchanged");

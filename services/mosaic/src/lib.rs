@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use mosaic_cache::RateLimiter;
 use mosaic_db::bootstrap::RuntimeLogin;
 use mosaic_db::{Database, DbConfig, ServiceSchema};
 use mosaic_identity::IdentityState;
@@ -34,6 +35,8 @@ pub struct SuiteConfig {
     pub identity_db: DbConfig,
     /// Lifetime of exchanged tokens (`MOSAIC_TOKEN_TTL_SECS`, default 900).
     pub token_ttl: Duration,
+    /// Per-tenant request rate limits in Redis (`MOSAIC_RATE_LIMIT_*`, `MOSAIC_REDIS_*`).
+    pub rate_limiter: RateLimiter,
 }
 
 impl SuiteConfig {
@@ -44,7 +47,11 @@ impl SuiteConfig {
             auth,
             signing_key,
             identity_db: DbConfig::from_env("identity").map_err(anyhow::Error::msg)?,
-            token_ttl: Duration::from_secs(mosaic_server::env_parse("MOSAIC_TOKEN_TTL_SECS", 900u64)?),
+            token_ttl: Duration::from_secs(mosaic_server::env_parse(
+                "MOSAIC_TOKEN_TTL_SECS",
+                900u64,
+            )?),
+            rate_limiter: RateLimiter::from_env().map_err(anyhow::Error::msg)?,
         })
     }
 }
@@ -62,7 +69,10 @@ pub async fn run(
         .with_platform_role(mosaic_identity::PLATFORM_ROLE);
     identity_db.register_metrics(&metrics, "identity")?;
 
-    let signing_key = config.signing_key.clone().context("no token signing key configured")?;
+    let signing_key = config
+        .signing_key
+        .clone()
+        .context("no token signing key configured")?;
     let identity = IdentityState {
         db: identity_db.clone(),
         signer: TokenSigner::new(&signing_key)?,
@@ -75,11 +85,19 @@ pub async fn run(
     let services: Vec<&str> = mosaic_identity::SERVICE_NAMES.to_vec();
     let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(identity_db.clone())];
     let opts = ServeOptions {
-        public_methods: mosaic_identity::PUBLIC_METHODS.iter().map(|m| (*m).to_owned()).collect(),
+        public_methods: mosaic_identity::PUBLIC_METHODS
+            .iter()
+            .map(|m| (*m).to_owned())
+            .collect(),
         health: Health::new(&services),
         probes,
         stop,
-        ..ServeOptions::new(config.server.clone(), TokenVerifier::new(config.auth.clone())?, metrics)
+        rate_limiter: config.rate_limiter.clone(),
+        ..ServeOptions::new(
+            config.server.clone(),
+            TokenVerifier::new(config.auth.clone())?,
+            metrics,
+        )
     };
     let result = mosaic_server::serve(listener, routes, opts, shutdown).await;
     identity_db.close().await;
@@ -88,18 +106,25 @@ pub async fn run(
 
 /// `MOSAIC_ADMIN_DATABASE_URL`: a login that may create roles and databases.
 pub fn admin_url() -> String {
-    std::env::var("MOSAIC_ADMIN_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://mosaic_admin:mosaic-local@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("MOSAIC_ADMIN_DATABASE_URL").unwrap_or_else(|_| {
+        "postgres://mosaic_admin:mosaic-local@127.0.0.1:5432/postgres".to_owned()
+    })
 }
 
 /// Creates roles, database and schemas (idempotent), then applies every
 /// pending migration. Runtime role names and passwords come from each
 /// service's own database URL, so the two always agree.
-pub async fn migrate(admin_url: &str, services: &[(ServiceSchema, DbConfig)]) -> anyhow::Result<Vec<(String, i64)>> {
+pub async fn migrate(
+    admin_url: &str,
+    services: &[(ServiceSchema, DbConfig)],
+) -> anyhow::Result<Vec<(String, i64)>> {
     let mut database = None;
     let mut logins = Vec::new();
     for (schema, db) in services {
-        let opts: PgConnectOptions = db.url.parse().with_context(|| format!("{} database url", schema.name))?;
+        let opts: PgConnectOptions = db
+            .url
+            .parse()
+            .with_context(|| format!("{} database url", schema.name))?;
         anyhow::ensure!(
             opts.get_username() == schema.role,
             "the {} database url logs in as {:?}, expected {:?}",
@@ -136,7 +161,9 @@ fn password_of(url: &str) -> Option<String> {
     while i < bytes.len() {
         match (bytes[i], bytes.get(i + 1..i + 3)) {
             (b'%', Some(hex)) => {
-                let h = std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok())?;
+                let h = std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())?;
                 out.push(h);
                 i += 3;
             }
@@ -153,7 +180,10 @@ fn password_of(url: &str) -> Option<String> {
 mod tests {
     #[test]
     fn passwords_from_urls() {
-        assert_eq!(super::password_of("postgres://u:p%40ss@h/db").as_deref(), Some("p@ss"));
+        assert_eq!(
+            super::password_of("postgres://u:p%40ss@h/db").as_deref(),
+            Some("p@ss")
+        );
         assert_eq!(super::password_of("postgres://u@h/db"), None);
     }
 }

@@ -26,7 +26,8 @@ async fn main() -> anyhow::Result<()> {
             let config = mosaic_server::ServerConfig::from_env()?;
             init_logging(&config.log_filter, config.log_json)?;
             let identity = DbConfig::from_env("identity").map_err(anyhow::Error::msg)?;
-            let applied = migrate(&mosaic::admin_url(), &[(mosaic_identity::SCHEMA, identity)]).await?;
+            let applied =
+                migrate(&mosaic::admin_url(), &[(mosaic_identity::SCHEMA, identity)]).await?;
             tracing::info!(applied = applied.len(), "database is up to date");
             Ok(())
         }
@@ -47,11 +48,15 @@ async fn serve() -> anyhow::Result<()> {
 /// Prints a token signed with the local key, for probing with grpcurl.
 fn token(args: &[String]) -> anyhow::Result<()> {
     let (auth, key) = mosaic_tenant::token::from_env().map_err(anyhow::Error::msg)?;
-    let key = key.context("no signing key in the local config: set MOSAIC_JWT_HS256_SECRET (see .data/mosaic.env)")?;
+    let key = key.context(
+        "no signing key in the local config: set MOSAIC_JWT_HS256_SECRET (see .data/mosaic.env)",
+    )?;
     let (mut tenant, mut sub, mut roles, mut ttl) = (None, None, Vec::new(), 3600u64);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
         match flag.as_str() {
             "--tenant" => tenant = Some(Uuid::parse_str(value).context("--tenant: not a UUID")?),
             "--sub" => sub = Some(value.clone()),
@@ -61,7 +66,14 @@ fn token(args: &[String]) -> anyhow::Result<()> {
         }
     }
     if roles.is_empty() {
-        roles.push(if tenant.is_some() { "owner" } else { "platform_admin" }.to_owned());
+        roles.push(
+            if tenant.is_some() {
+                "owner"
+            } else {
+                "platform_admin"
+            }
+            .to_owned(),
+        );
     }
     let sub = sub.unwrap_or_else(|| "platform:local".to_owned());
     let claims = Claims::new(&auth, sub, tenant, roles, Duration::from_secs(ttl));

@@ -34,7 +34,9 @@ pub fn json_object(field: &str, s: Option<&Struct>, max_bytes: usize) -> ApiResu
         return Ok(Json::Object(Map::new()));
     };
     let json = struct_to_json(field, s, 0)?;
-    let size = serde_json::to_vec(&json).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(&json)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > max_bytes {
         return Err(ApiError::invalid_argument(
             field,
@@ -83,7 +85,10 @@ fn value_to_json(field: &str, v: &Value, depth: usize) -> ApiResult<Json> {
 pub fn json_to_struct(j: &Json) -> Struct {
     match j {
         Json::Object(map) => Struct {
-            fields: map.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+            fields: map
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
         },
         _ => Struct::default(),
     }
@@ -114,7 +119,13 @@ mod tests {
         assert_eq!(json_object("settings", Some(&s), 1024).unwrap(), j);
         assert!(json_object("settings", Some(&s), 10).is_err());
         let nan = Struct {
-            fields: [("n".to_owned(), Value { kind: Some(Kind::NumberValue(f64::NAN)) })].into(),
+            fields: [(
+                "n".to_owned(),
+                Value {
+                    kind: Some(Kind::NumberValue(f64::NAN)),
+                },
+            )]
+            .into(),
         };
         assert!(json_object("settings", Some(&nan), 1024).is_err());
     }

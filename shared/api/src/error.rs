@@ -86,7 +86,11 @@ impl ApiError {
 
     /// RESOURCE_EXHAUSTED with a retry delay (`google.rpc.RetryInfo`).
     pub fn resource_exhausted(reason: &str, retry_after: Duration) -> Self {
-        let mut e = Self::new(Code::ResourceExhausted, reason, "rate limit exceeded, retry later");
+        let mut e = Self::new(
+            Code::ResourceExhausted,
+            reason,
+            "rate limit exceeded, retry later",
+        );
         e.retry_after = Some(retry_after);
         e
     }

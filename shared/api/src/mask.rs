@@ -19,7 +19,10 @@ impl UpdateMask {
             if !allowed.contains(&p.as_str()) {
                 return Err(ApiError::invalid_argument(
                     "update_mask",
-                    format!("unknown or immutable path {p:?}; allowed: {}", allowed.join(", ")),
+                    format!(
+                        "unknown or immutable path {p:?}; allowed: {}",
+                        allowed.join(", ")
+                    ),
                 ));
             }
         }
@@ -39,10 +42,14 @@ mod tests {
     fn empty_means_all_and_unknown_is_refused() {
         let all = UpdateMask::parse(None, &["a", "b"]).unwrap();
         assert!(all.contains("a") && all.contains("b"));
-        let m = FieldMask { paths: vec!["b".into()] };
+        let m = FieldMask {
+            paths: vec!["b".into()],
+        };
         let one = UpdateMask::parse(Some(&m), &["a", "b"]).unwrap();
         assert!(!one.contains("a") && one.contains("b"));
-        let bad = FieldMask { paths: vec!["tenant_id".into()] };
+        let bad = FieldMask {
+            paths: vec!["tenant_id".into()],
+        };
         assert!(UpdateMask::parse(Some(&bad), &["a"]).is_err());
     }
 }

@@ -81,7 +81,10 @@ pub fn split_page<T, K: Serialize>(
 ) -> (Vec<T>, String) {
     if rows.len() > size as usize {
         rows.truncate(size as usize);
-        let token = rows.last().map(|r| encode(binding, &key_of(r))).unwrap_or_default();
+        let token = rows
+            .last()
+            .map(|r| encode(binding, &key_of(r)))
+            .unwrap_or_default();
         (rows, token)
     } else {
         (rows, String::new())
@@ -98,7 +101,10 @@ mod tests {
         let a = PageBinding::new("ListX").with("tenant-a");
         let b = PageBinding::new("ListX").with("tenant-b");
         let t = encode(&a, &("2024-01-01", 7));
-        assert_eq!(decode::<(String, i32)>(&a, &t).unwrap(), Some(("2024-01-01".into(), 7)));
+        assert_eq!(
+            decode::<(String, i32)>(&a, &t).unwrap(),
+            Some(("2024-01-01".into(), 7))
+        );
         assert!(decode::<(String, i32)>(&b, &t).is_err());
         assert_eq!(decode::<(String, i32)>(&a, "").unwrap(), None);
     }

@@ -47,7 +47,10 @@ pub fn text(field: &str, raw: &str, max: usize) -> ApiResult<String> {
             format!("at most {max} characters"),
         ));
     }
-    if raw.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if raw
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(ApiError::invalid_argument(
             field,
             "must not contain control characters",
@@ -135,7 +138,15 @@ mod tests {
     fn emails() {
         assert_eq!(email("e", " Ada@Example.COM ").unwrap(), "ada@example.com");
         for bad in [
-            "", "ada", "ada@", "@x.io", "ada@x", "a b@x.io", "ada@-x.io", "a..b@x.io", "ada@x..io",
+            "",
+            "ada",
+            "ada@",
+            "@x.io",
+            "ada@x",
+            "a b@x.io",
+            "ada@-x.io",
+            "a..b@x.io",
+            "ada@x..io",
         ] {
             assert!(email("e", bad).is_err(), "{bad:?} accepted");
         }

@@ -32,16 +32,28 @@ pub async fn bootstrap(
 ) -> Result<PgConnection, sqlx::Error> {
     let admin: PgConnectOptions = admin_url.parse()?;
     let mut conn = admin.connect().await?;
-    sqlx::query("SELECT pg_advisory_lock($1)").bind(LOCK_KEY).execute(&mut conn).await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut conn)
+        .await?;
     let result = cluster_objects(&mut conn, database, logins).await;
-    sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut conn).await?;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut conn)
+        .await?;
     result?;
     conn.close().await?;
 
     let mut db = admin.database(database).connect().await?;
-    sqlx::query("SELECT pg_advisory_lock($1)").bind(LOCK_KEY).execute(&mut db).await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut db)
+        .await?;
     let result = database_objects(&mut db, database, logins).await;
-    sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut db).await?;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut db)
+        .await?;
     result?;
     Ok(db)
 }
@@ -71,18 +83,34 @@ async fn cluster_objects(
     logins: &[RuntimeLogin],
 ) -> Result<(), sqlx::Error> {
     if !role_exists(conn, OWNER_ROLE).await? {
-        ddl(conn, "SELECT format('CREATE ROLE %I NOLOGIN', $1::text)", &[OWNER_ROLE]).await?;
-    }
-    let superuser: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-        .fetch_one(&mut *conn)
+        ddl(
+            conn,
+            "SELECT format('CREATE ROLE %I NOLOGIN', $1::text)",
+            &[OWNER_ROLE],
+        )
         .await?;
+    }
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut *conn)
+            .await?;
     if !superuser {
-        ddl(conn, "SELECT format('GRANT %I TO %I', $1::text, current_user)", &[OWNER_ROLE]).await?;
+        ddl(
+            conn,
+            "SELECT format('GRANT %I TO %I', $1::text, current_user)",
+            &[OWNER_ROLE],
+        )
+        .await?;
     }
     for login in logins {
         let role = login.schema.role;
         if !role_exists(conn, role).await? {
-            ddl(conn, "SELECT format('CREATE ROLE %I LOGIN', $1::text)", &[role]).await?;
+            ddl(
+                conn,
+                "SELECT format('CREATE ROLE %I LOGIN', $1::text)",
+                &[role],
+            )
+            .await?;
         }
         // Re-assert the attributes every time: a hand-edited role is put right.
         ddl(
@@ -92,15 +120,35 @@ async fn cluster_objects(
         )
         .await?;
         if let Some(password) = &login.password {
-            ddl(conn, "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)", &[role, password]).await?;
+            ddl(
+                conn,
+                "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)",
+                &[role, password],
+            )
+            .await?;
         }
         for extra in login.schema.extra_roles {
             if !role_exists(conn, extra).await? {
-                ddl(conn, "SELECT format('CREATE ROLE %I NOLOGIN NOBYPASSRLS', $1::text)", &[extra]).await?;
+                ddl(
+                    conn,
+                    "SELECT format('CREATE ROLE %I NOLOGIN NOBYPASSRLS', $1::text)",
+                    &[extra],
+                )
+                .await?;
             }
-            ddl(conn, "SELECT format('GRANT %I TO %I', $1::text, $2::text)", &[extra, role]).await?;
+            ddl(
+                conn,
+                "SELECT format('GRANT %I TO %I', $1::text, $2::text)",
+                &[extra, role],
+            )
+            .await?;
         }
-        ddl(conn, "SELECT format('ALTER ROLE %I SET statement_timeout = %L', $1::text, '10s')", &[role]).await?;
+        ddl(
+            conn,
+            "SELECT format('ALTER ROLE %I SET statement_timeout = %L', $1::text, '10s')",
+            &[role],
+        )
+        .await?;
         ddl(
             conn,
             "SELECT format('ALTER ROLE %I SET idle_in_transaction_session_timeout = %L', $1::text, '30s')",
@@ -108,12 +156,18 @@ async fn cluster_objects(
         )
         .await?;
     }
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(database)
-        .fetch_one(&mut *conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut *conn)
+            .await?;
     if !exists {
-        ddl(conn, "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)", &[database, OWNER_ROLE]).await?;
+        ddl(
+            conn,
+            "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)",
+            &[database, OWNER_ROLE],
+        )
+        .await?;
     }
     Ok(())
 }
@@ -123,21 +177,48 @@ async fn database_objects(
     database: &str,
     logins: &[RuntimeLogin],
 ) -> Result<(), sqlx::Error> {
-    ddl(conn, "SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', $1::text)", &[database]).await?;
-    sqlx::raw_sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC").execute(&mut *conn).await?;
+    ddl(
+        conn,
+        "SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', $1::text)",
+        &[database],
+    )
+    .await?;
+    sqlx::raw_sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        .execute(&mut *conn)
+        .await?;
     for login in logins {
         let (schema, role) = (login.schema.name, login.schema.role);
-        ddl(conn, "SELECT format('GRANT CONNECT ON DATABASE %I TO %I', $1::text, $2::text)", &[database, role]).await?;
+        ddl(
+            conn,
+            "SELECT format('GRANT CONNECT ON DATABASE %I TO %I', $1::text, $2::text)",
+            &[database, role],
+        )
+        .await?;
         ddl(
             conn,
             "SELECT format('CREATE SCHEMA IF NOT EXISTS %I AUTHORIZATION %I', $1::text, $2::text)",
             &[schema, OWNER_ROLE],
         )
         .await?;
-        ddl(conn, "SELECT format('REVOKE ALL ON SCHEMA %I FROM PUBLIC', $1::text)", &[schema]).await?;
-        ddl(conn, "SELECT format('GRANT USAGE ON SCHEMA %I TO %I', $1::text, $2::text)", &[schema, role]).await?;
+        ddl(
+            conn,
+            "SELECT format('REVOKE ALL ON SCHEMA %I FROM PUBLIC', $1::text)",
+            &[schema],
+        )
+        .await?;
+        ddl(
+            conn,
+            "SELECT format('GRANT USAGE ON SCHEMA %I TO %I', $1::text, $2::text)",
+            &[schema, role],
+        )
+        .await?;
         for extra in login.schema.extra_roles {
-            ddl(conn, "SELECT format('GRANT USAGE ON SCHEMA %I TO %I', $1::text, $2::text)", &[schema, extra]).await?;
+            ddl(
+                conn,
+                "SELECT format('GRANT USAGE ON SCHEMA %I TO %I', $1::text, $2::text)",
+                &[schema, extra],
+            )
+            .await?;
         }
         ddl(
             conn,

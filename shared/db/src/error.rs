@@ -27,7 +27,10 @@ pub fn db_error_with(e: sqlx::Error, constraints: &[Constraint]) -> ApiError {
         }
         sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
             tracing::warn!(error = %e, "database unreachable");
-            return ApiError::unavailable("DB_UNAVAILABLE", "the database is unreachable; retry shortly");
+            return ApiError::unavailable(
+                "DB_UNAVAILABLE",
+                "the database is unreachable; retry shortly",
+            );
         }
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
@@ -38,15 +41,28 @@ pub fn db_error_with(e: sqlx::Error, constraints: &[Constraint]) -> ApiError {
                 // unique_violation
                 "23505" => {
                     return match constraint {
-                        Some(c) => ApiError::already_exists(c.reason, c.field, format!("{} is already in use", c.field)),
-                        None => ApiError::already_exists("ALREADY_EXISTS", "", "the resource already exists"),
+                        Some(c) => ApiError::already_exists(
+                            c.reason,
+                            c.field,
+                            format!("{} is already in use", c.field),
+                        ),
+                        None => ApiError::already_exists(
+                            "ALREADY_EXISTS",
+                            "",
+                            "the resource already exists",
+                        ),
                     };
                 }
                 // foreign_key_violation: a referenced row is missing (for this tenant)
                 "23503" => {
                     return match constraint {
-                        Some(c) => ApiError::not_found(c.reason, format!("{} does not exist", c.field)),
-                        None => ApiError::failed_precondition("REFERENCE_VIOLATION", "a referenced resource does not exist or is still referenced"),
+                        Some(c) => {
+                            ApiError::not_found(c.reason, format!("{} does not exist", c.field))
+                        }
+                        None => ApiError::failed_precondition(
+                            "REFERENCE_VIOLATION",
+                            "a referenced resource does not exist or is still referenced",
+                        ),
                     };
                 }
                 // check_violation, not_null_violation, string too long, bad text representation
@@ -61,13 +77,21 @@ pub fn db_error_with(e: sqlx::Error, constraints: &[Constraint]) -> ApiError {
                 }
                 // serialization_failure, deadlock_detected
                 "40001" | "40P01" => {
-                    return ApiError::aborted("CONCURRENT_UPDATE", "a concurrent update interfered; retry");
+                    return ApiError::aborted(
+                        "CONCURRENT_UPDATE",
+                        "a concurrent update interfered; retry",
+                    );
                 }
                 // query_canceled (statement_timeout)
-                "57014" => return ApiError::deadline_exceeded("the database statement took too long"),
+                "57014" => {
+                    return ApiError::deadline_exceeded("the database statement took too long");
+                }
                 // too_many_connections, admin/crash shutdown, cannot_connect_now
                 "53300" | "57P01" | "57P02" | "57P03" => {
-                    return ApiError::unavailable("DB_UNAVAILABLE", "the database is unavailable; retry shortly");
+                    return ApiError::unavailable(
+                        "DB_UNAVAILABLE",
+                        "the database is unavailable; retry shortly",
+                    );
                 }
                 _ => {}
             }

@@ -66,7 +66,8 @@ impl TenantTx {
                 "already used for a different request",
             ));
         }
-        let bytes = response.ok_or_else(|| ApiError::internal("idempotency claim without response"))?;
+        let bytes =
+            response.ok_or_else(|| ApiError::internal("idempotency claim without response"))?;
         T::decode(bytes.as_slice())
             .map(Claim::Replay)
             .map_err(ApiError::internal)

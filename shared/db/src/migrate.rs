@@ -45,9 +45,15 @@ pub async fn migrate(
     conn: &mut PgConnection,
     schemas: &[ServiceSchema],
 ) -> Result<Vec<(String, i64)>, MigrateError> {
-    sqlx::query("SELECT pg_advisory_lock($1)").bind(LOCK_KEY).execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut *conn)
+        .await?;
     let result = apply_all(conn, schemas).await;
-    let unlock = sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut *conn).await;
+    let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut *conn)
+        .await;
     let applied = result?;
     unlock?;
     Ok(applied)
@@ -105,7 +111,10 @@ async fn apply_all(
             ))
             .execute(&mut *tx)
             .await?;
-            sqlx::raw_sql(&m.sql).execute(&mut *tx).await.map_err(failed)?;
+            sqlx::raw_sql(&m.sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?;
             sqlx::query(
                 "INSERT INTO mosaic_meta.schema_migrations (schema_name, version, name, checksum) \
                  VALUES ($1, $2, $3, $4)",

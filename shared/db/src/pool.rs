@@ -23,7 +23,10 @@ impl Database {
     /// A lazy pool: the service starts (and reports NOT_SERVING) while the
     /// database is down, and connects when it comes back.
     pub fn connect_lazy(config: &DbConfig, application_name: &str) -> Result<Self, sqlx::Error> {
-        let options: PgConnectOptions = config.url.parse::<PgConnectOptions>()?.application_name(application_name);
+        let options: PgConnectOptions = config
+            .url
+            .parse::<PgConnectOptions>()?
+            .application_name(application_name);
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .min_connections(config.min_connections)
@@ -78,7 +81,11 @@ impl Database {
 
     /// Pool gauges: (open connections, idle connections, maximum).
     pub fn stats(&self) -> (u32, u32, u32) {
-        (self.pool.size(), self.pool.num_idle() as u32, self.max_connections)
+        (
+            self.pool.size(),
+            self.pool.num_idle() as u32,
+            self.max_connections,
+        )
     }
 
     /// Closes every connection (graceful shutdown).
@@ -97,7 +104,9 @@ pub struct TenantTx {
 
 impl std::fmt::Debug for TenantTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TenantTx").field("tenant", &self.tenant).finish()
+        f.debug_struct("TenantTx")
+            .field("tenant", &self.tenant)
+            .finish()
     }
 }
 
@@ -174,7 +183,11 @@ impl mosaic_server::Probe for Database {
 
 impl Database {
     /// Pool gauges, sampled at scrape time: `mosaic_db_pool_connections{service,state}`.
-    pub fn register_metrics(&self, metrics: &mosaic_server::Metrics, service: &str) -> Result<(), prometheus::Error> {
+    pub fn register_metrics(
+        &self,
+        metrics: &mosaic_server::Metrics,
+        service: &str,
+    ) -> Result<(), prometheus::Error> {
         for (index, state) in ["open", "idle", "max"].into_iter().enumerate() {
             let db = self.clone();
             metrics.register_gauge_fn(

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use mosaic_cache::{RateLimitLayer, RateLimiter};
 use mosaic_tenant::{AuthLayer, TokenVerifier};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +64,8 @@ pub struct ServeOptions {
     pub metrics_listener: Option<TcpListener>,
     /// Fired when draining starts; keep a clone for handlers with streams.
     pub stop: Shutdown,
+    /// Per-tenant request rate limit, checked after authentication (fails open).
+    pub rate_limiter: RateLimiter,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -93,6 +96,7 @@ impl ServeOptions {
             metrics,
             metrics_listener: None,
             stop: Shutdown::new(),
+            rate_limiter: RateLimiter::disabled(),
         }
     }
 }
@@ -119,6 +123,7 @@ pub async fn serve(
         metrics,
         metrics_listener,
         stop,
+        rate_limiter,
     } = opts;
     let grpc_addr = listener
         .local_addr()
@@ -172,6 +177,7 @@ pub async fn serve(
     let server = Server::builder()
         .layer(MetricsLayer::new(metrics, methods))
         .layer(AuthLayer::new(verifier, public))
+        .layer(RateLimitLayer::new(rate_limiter))
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             incoming::accept(listener, force_close.clone()),

@@ -62,7 +62,9 @@ impl AuthLayer {
     }
 
     fn is_public(&self, path: &str) -> bool {
-        self.public_prefixes.iter().any(|p| path.starts_with(p.as_str()))
+        self.public_prefixes
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
     }
 }
 
@@ -166,18 +168,33 @@ impl<S> Auth<S> {
         traceparent: String,
         deadline: Option<Instant>,
     ) -> Result<TenantContext, ApiError> {
-        let missing = || ApiError::unauthenticated("TOKEN_MISSING", "authorization: Bearer <token> is required");
-        let value = headers.get(http::header::AUTHORIZATION).ok_or_else(missing)?;
+        let missing = || {
+            ApiError::unauthenticated("TOKEN_MISSING", "authorization: Bearer <token> is required")
+        };
+        let value = headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or_else(missing)?;
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthenticated("TOKEN_MALFORMED", "expected authorization: Bearer <token>"))?;
+            .ok_or_else(|| {
+                ApiError::unauthenticated(
+                    "TOKEN_MALFORMED",
+                    "expected authorization: Bearer <token>",
+                )
+            })?;
         let claims = self.layer.verifier.verify(token)?;
         if claims.tid.is_none() && !claims.is_platform_admin() {
-            return Err(ApiError::unauthenticated("TOKEN_INVALID", "the token carries no tenant"));
+            return Err(ApiError::unauthenticated(
+                "TOKEN_INVALID",
+                "the token carries no tenant",
+            ));
         }
         Ok(TenantContext::new(
             claims.tid,
@@ -246,16 +263,29 @@ mod tests {
         };
         let verifier = TokenVerifier::new(config.clone()).unwrap();
         let signer = TokenSigner::new(&config.key).unwrap();
-        (AuthLayer::new(verifier, ["/public/".to_owned()]), signer, config)
+        (
+            AuthLayer::new(verifier, ["/public/".to_owned()]),
+            signer,
+            config,
+        )
     }
 
     /// An inner service that answers with the tenant it was handed.
-    fn echo() -> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future = impl Send> + Clone {
+    fn echo()
+    -> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future = impl Send>
+    + Clone {
         tower::service_fn(|req: Request<()>| async move {
             let ctx = req.extensions().get::<TenantContext>().cloned();
             Ok::<_, Infallible>(Response::new(
-                ctx.map(|c| format!("{}|{}|{}", c.tenant().unwrap(), c.principal(), c.request_id()))
-                    .unwrap_or_default(),
+                ctx.map(|c| {
+                    format!(
+                        "{}|{}|{}",
+                        c.tenant().unwrap(),
+                        c.principal(),
+                        c.request_id()
+                    )
+                })
+                .unwrap_or_default(),
             ))
         })
     }
@@ -270,7 +300,9 @@ mod tests {
     }
 
     fn grpc_status(resp: &Response<String>) -> Option<&str> {
-        resp.headers().get("grpc-status").and_then(|v| v.to_str().ok())
+        resp.headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
     }
 
     #[tokio::test]
@@ -278,9 +310,23 @@ mod tests {
         let (layer, signer, config) = setup();
         let tenant = Uuid::now_v7();
         let token = signer
-            .sign(&Claims::new(&config, "user:u".into(), Some(tenant), vec!["member".into()], Duration::from_secs(60)))
+            .sign(&Claims::new(
+                &config,
+                "user:u".into(),
+                Some(tenant),
+                vec!["member".into()],
+                Duration::from_secs(60),
+            ))
             .unwrap();
-        let resp = call(&layer, "/svc/M", &[("authorization", &format!("Bearer {token}")), ("x-request-id", "req-1")]).await;
+        let resp = call(
+            &layer,
+            "/svc/M",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("x-request-id", "req-1"),
+            ],
+        )
+        .await;
         assert_eq!(resp.body(), &format!("{tenant}|user:u|req-1"));
         assert_eq!(resp.headers()["x-request-id"], "req-1");
     }
@@ -288,7 +334,11 @@ mod tests {
     #[tokio::test]
     async fn missing_or_malformed_token_is_unauthenticated() {
         let (layer, _, _) = setup();
-        for headers in [vec![], vec![("authorization", "Basic x")], vec![("authorization", "Bearer nope")]] {
+        for headers in [
+            vec![],
+            vec![("authorization", "Basic x")],
+            vec![("authorization", "Bearer nope")],
+        ] {
             let resp = call(&layer, "/svc/M", &headers).await;
             assert_eq!(grpc_status(&resp), Some("16"), "{headers:?}");
             // a request id is still made and returned

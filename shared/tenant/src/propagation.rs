@@ -46,7 +46,9 @@ impl Interceptor for Propagate {
         if let Some(deadline) = ctx.deadline() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Status::deadline_exceeded("the caller's deadline has passed"));
+                return Err(Status::deadline_exceeded(
+                    "the caller's deadline has passed",
+                ));
             }
             // Keep a tighter timeout the outgoing request already has.
             let current = md

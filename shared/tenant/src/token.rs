@@ -137,7 +137,9 @@ pub struct TokenVerifier {
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenVerifier").field("config", &self.config).finish()
+        f.debug_struct("TokenVerifier")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -171,23 +173,25 @@ impl TokenVerifier {
     pub fn verify(&self, token: &str) -> ApiResult<Arc<Claims>> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = Instant::now();
-        let cached = self
-            .cache
-            .lock()
-            .ok()
-            .and_then(|cache| cache.get(&digest).filter(|(_, until)| *until > now).map(|(c, _)| c.clone()));
+        let cached = self.cache.lock().ok().and_then(|cache| {
+            cache
+                .get(&digest)
+                .filter(|(_, until)| *until > now)
+                .map(|(c, _)| c.clone())
+        });
         if let Some(claims) = cached {
             return Ok(claims);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::ExpiredSignature => {
-                    ApiError::unauthenticated("TOKEN_EXPIRED", "the token has expired")
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => {
+                        ApiError::unauthenticated("TOKEN_EXPIRED", "the token has expired")
+                    }
+                    _ => ApiError::unauthenticated("TOKEN_INVALID", "the token is not valid"),
                 }
-                _ => ApiError::unauthenticated("TOKEN_INVALID", "the token is not valid"),
-            }
-        })?;
+            })?;
         let claims = Arc::new(data.claims);
         let left = Duration::from_secs(claims.exp.saturating_sub(unix_now()));
         let until = now + left.min(self.config.cache_ttl);
@@ -213,7 +217,9 @@ pub struct TokenSigner {
 
 impl std::fmt::Debug for TokenSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSigner").field("alg", &self.header.alg).finish()
+        f.debug_struct("TokenSigner")
+            .field("alg", &self.header.alg)
+            .finish()
     }
 }
 
@@ -238,68 +244,6 @@ impl TokenSigner {
 
 /// Why a key could not be loaded.
 pub type KeyError = jsonwebtoken::errors::Error;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(secret: &[u8]) -> AuthConfig {
-        AuthConfig {
-            issuer: "iss".into(),
-            audience: "aud".into(),
-            key: KeyMaterial::Hs256(secret.to_vec()),
-            cache_ttl: Duration::from_secs(30),
-        }
-    }
-
-    #[test]
-    fn sign_then_verify() {
-        let c = config(b"k");
-        let signer = TokenSigner::new(&c.key).unwrap();
-        let v = TokenVerifier::new(c.clone()).unwrap();
-        let claims = Claims::new(&c, "user:x".into(), Some(Uuid::now_v7()), vec!["admin".into()], Duration::from_secs(60));
-        let t = signer.sign(&claims).unwrap();
-        assert_eq!(*v.verify(&t).unwrap(), claims);
-        // cached path gives the same answer
-        assert_eq!(*v.verify(&t).unwrap(), claims);
-        assert_eq!(claims.role(), Some(Role::Admin));
-    }
-
-    #[test]
-    fn wrong_key_audience_and_expiry_are_refused() {
-        let c = config(b"k");
-        let v = TokenVerifier::new(c.clone()).unwrap();
-        let other = TokenSigner::new(&KeyMaterial::Hs256(b"other".to_vec())).unwrap();
-        let claims = Claims::new(&c, "user:x".into(), None, vec![], Duration::from_secs(60));
-        assert_eq!(v.verify(&other.sign(&claims).unwrap()).unwrap_err().reason(), "TOKEN_INVALID");
-
-        let signer = TokenSigner::new(&c.key).unwrap();
-        let mut wrong_aud = claims.clone();
-        wrong_aud.aud = "elsewhere".into();
-        assert_eq!(v.verify(&signer.sign(&wrong_aud).unwrap()).unwrap_err().reason(), "TOKEN_INVALID");
-
-        let mut expired = claims.clone();
-        expired.exp = unix_now() - 3600;
-        expired.iat = expired.exp - 60;
-        assert_eq!(v.verify(&signer.sign(&expired).unwrap()).unwrap_err().reason(), "TOKEN_EXPIRED");
-
-        assert!(v.verify("not.a.jwt").is_err());
-    }
-
-    #[test]
-    fn eddsa_keys() {
-        // Throwaway Ed25519 test key pair (RFC 8410 example encoding).
-        let private = b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
-        let public = b"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
-        let sk = KeyMaterial::from_pem(private.to_vec());
-        let pk = KeyMaterial::from_pem(public.to_vec());
-        assert!(matches!(pk, KeyMaterial::EdDsaPem(_)));
-        let c = AuthConfig { key: pk, ..config(b"") };
-        let claims = Claims::new(&c, "user:x".into(), None, vec![], Duration::from_secs(60));
-        let t = TokenSigner::new(&sk).unwrap().sign(&claims).unwrap();
-        assert_eq!(*TokenVerifier::new(c).unwrap().verify(&t).unwrap(), claims);
-    }
-}
 
 /// Token settings from the environment:
 /// `MOSAIC_JWT_ISSUER` and `MOSAIC_JWT_AUDIENCE` (default `mosaic`), and keys:
@@ -337,4 +281,90 @@ pub fn from_env() -> Result<(AuthConfig, Option<KeyMaterial>), String> {
         },
         sign,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(secret: &[u8]) -> AuthConfig {
+        AuthConfig {
+            issuer: "iss".into(),
+            audience: "aud".into(),
+            key: KeyMaterial::Hs256(secret.to_vec()),
+            cache_ttl: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn sign_then_verify() {
+        let c = config(b"k");
+        let signer = TokenSigner::new(&c.key).unwrap();
+        let v = TokenVerifier::new(c.clone()).unwrap();
+        let claims = Claims::new(
+            &c,
+            "user:x".into(),
+            Some(Uuid::now_v7()),
+            vec!["admin".into()],
+            Duration::from_secs(60),
+        );
+        let t = signer.sign(&claims).unwrap();
+        assert_eq!(*v.verify(&t).unwrap(), claims);
+        // cached path gives the same answer
+        assert_eq!(*v.verify(&t).unwrap(), claims);
+        assert_eq!(claims.role(), Some(Role::Admin));
+    }
+
+    #[test]
+    fn wrong_key_audience_and_expiry_are_refused() {
+        let c = config(b"k");
+        let v = TokenVerifier::new(c.clone()).unwrap();
+        let other = TokenSigner::new(&KeyMaterial::Hs256(b"other".to_vec())).unwrap();
+        let claims = Claims::new(&c, "user:x".into(), None, vec![], Duration::from_secs(60));
+        assert_eq!(
+            v.verify(&other.sign(&claims).unwrap())
+                .unwrap_err()
+                .reason(),
+            "TOKEN_INVALID"
+        );
+
+        let signer = TokenSigner::new(&c.key).unwrap();
+        let mut wrong_aud = claims.clone();
+        wrong_aud.aud = "elsewhere".into();
+        assert_eq!(
+            v.verify(&signer.sign(&wrong_aud).unwrap())
+                .unwrap_err()
+                .reason(),
+            "TOKEN_INVALID"
+        );
+
+        let mut expired = claims.clone();
+        expired.exp = unix_now() - 3600;
+        expired.iat = expired.exp - 60;
+        assert_eq!(
+            v.verify(&signer.sign(&expired).unwrap())
+                .unwrap_err()
+                .reason(),
+            "TOKEN_EXPIRED"
+        );
+
+        assert!(v.verify("not.a.jwt").is_err());
+    }
+
+    #[test]
+    fn eddsa_keys() {
+        // Throwaway Ed25519 test key pair (RFC 8410 example encoding).
+        let private = b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
+        let public = b"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+        let sk = KeyMaterial::from_pem(private.to_vec());
+        let pk = KeyMaterial::from_pem(public.to_vec());
+        assert!(matches!(pk, KeyMaterial::EdDsaPem(_)));
+        let c = AuthConfig {
+            key: pk,
+            ..config(b"")
+        };
+        let claims = Claims::new(&c, "user:x".into(), None, vec![], Duration::from_secs(60));
+        let t = TokenSigner::new(&sk).unwrap().sign(&claims).unwrap();
+        assert_eq!(*TokenVerifier::new(c).unwrap().verify(&t).unwrap(), claims);
+    }
 }

@@ -3,7 +3,8 @@
 /// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
 pub(crate) fn parse(raw: &str) -> Option<(&str, &str)> {
     let mut parts = raw.split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     let ok = parts.next().is_none()
         && hex(version, 2)
