@@ -13,6 +13,7 @@ mod catalog;
 mod identity_api_keys;
 mod identity_members;
 mod identity_tenants;
+mod migrate;
 mod propagation;
 mod rate_limit;
 mod shutdown;

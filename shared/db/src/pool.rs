@@ -32,6 +32,10 @@ impl Database {
             .min_connections(config.min_connections)
             .acquire_timeout(config.acquire_timeout)
             .idle_timeout(Some(Duration::from_secs(300)))
+            // sqlx already pings every connection when it is released (that
+            // ping also flushes a read's queued rollback); a second ping on
+            // acquire would put one more round trip on every call's path.
+            .test_before_acquire(false)
             .connect_lazy_with(options);
         Ok(Self {
             pool,
