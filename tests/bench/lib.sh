@@ -22,7 +22,9 @@
 #   BENCH_SKIP_BUILD=1: use target/release/mosaic as it is
 #   BENCH_PG_HOST (127.0.0.1), BENCH_PG_PORT (5432), BENCH_PG_DB (mosaic),
 #     BENCH_PG_PASSWORD (mosaic-local): where pgbench connects
-#   MOSAIC_*: passed to `mosaic serve` as usual (e.g. MOSAIC_DB_MAX_CONNECTIONS)
+#   MOSAIC_*: passed to `mosaic serve` as usual (e.g. MOSAIC_DB_MAX_CONNECTIONS).
+#     The rate limiter stays on (its Redis round trip is part of every call) with a
+#     limit far above what the machine can send, unless MOSAIC_RATE_LIMIT_* say otherwise.
 #
 # Results come back in BENCH_* globals that the sourcing script reads.
 # shellcheck disable=SC2034
@@ -181,6 +183,8 @@ bench_start_suite() {
   MOSAIC_GRPC_ADDR="127.0.0.1:$BENCH_GRPC_PORT" \
     MOSAIC_METRICS_ADDR="127.0.0.1:$BENCH_METRICS_PORT" \
     MOSAIC_LOG="${MOSAIC_LOG:-warn}" \
+    MOSAIC_RATE_LIMIT_PER_SECOND="${MOSAIC_RATE_LIMIT_PER_SECOND:-1000000}" \
+    MOSAIC_RATE_LIMIT_BURST="${MOSAIC_RATE_LIMIT_BURST:-1000000}" \
     "$BENCH_BIN" serve >"$BENCH_SUITE_LOG" 2>&1 </dev/null &
   BENCH_SUITE_PID=$!
   deadline=$((t0 + 60000))
