@@ -17,7 +17,7 @@
 #
 # Everything runs on 127.0.0.1. The suite is stopped on exit, also on failure,
 # when its log tail is printed. Knobs (environment):
-#   BENCH_GRPC_PORT (50151), BENCH_METRICS_PORT (50152): preferred ports; the
+#   BENCH_GRPC_PORT (20151), BENCH_METRICS_PORT (20152): preferred ports; the
 #     next free ones are taken when these are busy
 #   BENCH_SKIP_BUILD=1: use target/release/mosaic as it is
 #   BENCH_PG_HOST (127.0.0.1), BENCH_PG_PORT (5432), BENCH_PG_DB (mosaic),
@@ -175,8 +175,8 @@ bench_health() {
 # ports. Sets BENCH_GRPC_PORT, BENCH_METRICS_PORT, BENCH_SUITE_PID and
 # BENCH_COLD_START_MS (process start to health SERVING, polled every ~20 ms).
 bench_start_suite() {
-  BENCH_GRPC_PORT=$(bench_pick_port "${BENCH_GRPC_PORT:-50151}")
-  BENCH_METRICS_PORT=$(bench_pick_port "${BENCH_METRICS_PORT:-50152}" "$BENCH_GRPC_PORT")
+  BENCH_GRPC_PORT=$(bench_pick_port "${BENCH_GRPC_PORT:-20151}")
+  BENCH_METRICS_PORT=$(bench_pick_port "${BENCH_METRICS_PORT:-20152}" "$BENCH_GRPC_PORT")
   bench_say "starting the suite on 127.0.0.1:$BENCH_GRPC_PORT (metrics :$BENCH_METRICS_PORT, log $BENCH_SUITE_LOG)"
   local t0 status="" deadline rc
   t0=$(bench_now_ms)

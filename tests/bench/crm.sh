@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Benchmark of crm: the contact import against PostgreSQL's raw bulk insert, and
+# two tenant-scoped reads against PostgreSQL's own floor.
+#
+#   bash tests/bench/crm.sh
+#
+# Needs the local setup (`MOSAIC_PROFILE=release bash deploy/local/setup.sh`: PostgreSQL
+# on 127.0.0.1:5432, roles, .data/mosaic.env, grpcurl, h2load, pgbench). In one run,
+# all on 127.0.0.1, a few minutes:
+#   1. builds release `mosaic` (only to mint tokens), `mosaic-crm` and the helper
+#      services/crm/examples/crm_bench.rs; applies the crm migrations (crm_bench
+#      migrate: the same bootstrap and migrator as `mosaic migrate`);
+#   2. starts `mosaic-crm` alone (MOSAIC_LOG=warn) and measures its cold start;
+#   3. import, BENCH_IMPORT_ROUNDS times, interleaved, each into a fresh tenant, the
+#      same BENCH_IMPORT_ROWS rows (crm_bench builds them from the row number):
+#        a. ImportContacts over gRPC (client stream, BENCH_IMPORT_PER_MESSAGE rows per
+#           message; the service validates every row and upserts 1000 per transaction
+#           with an audit event each);
+#        b. raw, bound: one plain INSERT ... SELECT FROM UNNEST($arrays) per 1000 rows
+#           per transaction, as mosaic_crm under RLS (crm_bench raw, sqlx);
+#        c. raw, psql: the same statements with the arrays as literals (psql -f);
+#   4. GetContact and a filtered ListContacts page (tag filter, 50 rows of a tenant of
+#      BENCH_IMPORT_ROWS contacts) under h2load over gRPC at c=8 and c=32, every call
+#      checked OK in the service's metrics, interleaved with pgbench as mosaic_crm
+#      running the statements of one call (BEGIN; SET LOCAL mosaic.tenant_id; the
+#      service's SELECT; COMMIT), as 4 round trips and as one pipeline;
+#   5. prints rows/s, req/s, TPS, the ratios, peak RSS and cold start.
+#
+# Knobs: BENCH_IMPORT_ROWS (50000), BENCH_IMPORT_PER_MESSAGE (500),
+# BENCH_IMPORT_ROUNDS (2), BENCH_SECONDS (10), BENCH_CONCURRENCY ("8 32"),
+# BENCH_PIPELINE_MODE (prepared), BENCH_SKIP_BUILD=1, and those of tests/bench/lib.sh.
+set -euo pipefail
+
+# shellcheck source=tests/bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+rows=${BENCH_IMPORT_ROWS:-50000}
+per_message=${BENCH_IMPORT_PER_MESSAGE:-500}
+rounds=${BENCH_IMPORT_ROUNDS:-2}
+secs=${BENCH_SECONDS:-10}
+read -r -a concurrency <<<"${BENCH_CONCURRENCY:-8 32}"
+pipeline_mode=${BENCH_PIPELINE_MODE:-prepared}
+role=mosaic_crm
+
+bench_init
+bench_require_tools
+bench_host_info
+
+MOSAIC_BIN="$BENCH_REPO/target/release/mosaic"
+CRM_BIN="$BENCH_REPO/target/release/mosaic-crm"
+TOOL="$BENCH_REPO/target/release/examples/crm_bench"
+if [ "${BENCH_SKIP_BUILD:-0}" = 1 ]; then
+  bench_say "BENCH_SKIP_BUILD=1: using the release binaries as they are"
+else
+  bench_say "cargo build --release (mosaic, mosaic-crm, crm_bench; output in $BENCH_TMP/build.log)"
+  {
+    cargo build --release --bin mosaic &&
+      cargo build --release -p mosaic-crm --bin mosaic-crm --example crm_bench
+  } >"$BENCH_TMP/build.log" 2>&1 || {
+    tail -n 40 "$BENCH_TMP/build.log" >&2
+    bench_die "cargo build failed"
+  }
+fi
+for b in "$MOSAIC_BIN" "$CRM_BIN" "$TOOL"; do
+  [ -x "$b" ] || bench_die "$b is missing"
+done
+"$TOOL" migrate >"$BENCH_TMP/migrate.log" 2>&1 || { cat "$BENCH_TMP/migrate.log" >&2; bench_die "crm migrations failed"; }
+bench_say "crm schema migrated ($(cat "$BENCH_TMP/migrate.log"))"
+
+# The service alone: lib.sh starts "$BENCH_BIN serve" (mosaic-crm takes no arguments).
+BENCH_BIN=$CRM_BIN
+bench_start_suite
+
+new_uuid() { cat /proc/sys/kernel/random/uuid; }
+# crm keeps no tenant rows: a token carrying a fresh tenant id is a fresh, empty tenant.
+token_for() { "$MOSAIC_BIN" token --tenant "$1" --sub "user:$(new_uuid)" --role owner; }
+# The bench tenants' rows are removed at exit (as the admin login: audit events
+# are append-only for mosaic_crm), so repeated runs do not grow the database.
+bench_tenants=()
+cleanup_tenants() {
+  [ "${#bench_tenants[@]}" -gt 0 ] || return 0
+  local list
+  list=$(printf "'%s'," "${bench_tenants[@]}")
+  bench_psql mosaic_admin -c "DELETE FROM crm.contacts WHERE tenant_id IN (${list%,}); DELETE FROM crm.audit_events WHERE tenant_id IN (${list%,});" ||
+    bench_say "could not remove the bench tenants' rows"
+}
+bench_on_exit cleanup_tenants
+count_contacts() {
+  bench_psql "$role" -At -c "BEGIN; SET LOCAL mosaic.tenant_id = '$1'; SELECT count(*) FROM contacts; COMMIT;" |
+    grep -E '^[0-9]+$'
+}
+
+# --- 3. import ---------------------------------------------------------------------------
+grpc_best=0 bound_best=0 psql_best=0 read_tenant=
+for ((r = 1; r <= rounds; r++)); do
+  tag="b$(date +%s%N)"
+  t_grpc=$(new_uuid) t_bound=$(new_uuid) t_psql=$(new_uuid)
+  bench_tenants+=("$t_grpc" "$t_bound" "$t_psql")
+
+  out=$("$TOOL" import "127.0.0.1:$BENCH_GRPC_PORT" "$(token_for "$t_grpc")" "$rows" "$tag" "$per_message") ||
+    bench_die "ImportContacts failed: $out"
+  grpc_rate=$(sed -nE 's/.*rows_per_sec=([0-9]+).*/\1/p' <<<"$out")
+  [[ "$out" == *"created=$rows updated=0 failed=0"* ]] || bench_die "ImportContacts did not create every row: $out"
+  [ "$(count_contacts "$t_grpc")" = "$rows" ] || bench_die "the imported tenant does not hold $rows contacts"
+  bench_say "round $r ImportContacts over gRPC: $out"
+  read_tenant=${read_tenant:-$t_grpc}
+  read_tag=${read_tag:-$tag}
+
+  out=$("$TOOL" raw "$t_bound" "$rows" "$tag") || bench_die "raw bound insert failed: $out"
+  bound_rate=$(sed -nE 's/.*rows_per_sec=([0-9]+).*/\1/p' <<<"$out")
+  bench_say "round $r raw INSERT ... SELECT FROM UNNEST (bound arrays): $out"
+
+  script="$BENCH_TMP/raw-$r.sql"
+  "$TOOL" sql "$t_psql" "$rows" "$tag" >"$script"
+  t0=$(bench_now_ms)
+  bench_psql "$role" -f "$script" >/dev/null || bench_die "raw psql insert failed"
+  ms=$(($(bench_now_ms) - t0))
+  psql_rate=$(python3 -c 'import sys; print(int(int(sys.argv[1]) * 1000 / max(1, int(sys.argv[2]))))' "$rows" "$ms")
+  [ "$(count_contacts "$t_psql")" = "$rows" ] || bench_die "the psql tenant does not hold $rows contacts"
+  bench_say "round $r raw INSERT ... SELECT FROM unnest (psql, literal arrays): rows=$rows ms=$ms rows_per_sec=$psql_rate"
+
+  [ "$grpc_rate" -gt "$grpc_best" ] && grpc_best=$grpc_rate
+  [ "$bound_rate" -gt "$bound_best" ] && bound_best=$bound_rate
+  [ "$psql_rate" -gt "$psql_best" ] && psql_best=$psql_rate
+  printf -v "import_round_$r" '%s' "$grpc_rate $bound_rate $psql_rate"
+done
+
+# --- 4. reads ------------------------------------------------------------------------------
+# Fresh statistics, as autoanalyze would have by now (it may be off on a test machine:
+# without them the planner guesses a tenant holds a dozen rows and sorts all 50000).
+bench_psql mosaic_admin -c "ANALYZE crm.contacts" || bench_die "ANALYZE failed"
+tenant=$read_tenant
+token=$(token_for "$tenant")
+contact=$(bench_psql "$role" -At -c "BEGIN; SET LOCAL mosaic.tenant_id = '$tenant'; SELECT contact_id FROM contacts WHERE email = 'r4242-$read_tag@bench.example'; COMMIT;" |
+  grep -E '^[0-9a-f-]{36}$') || bench_die "no contact to read"
+
+reply=$(bench_grpc "$token" mosaic.crm.v1.ContactService/GetContact "{\"contact_id\":\"$contact\"}") ||
+  bench_die "GetContact with grpcurl failed: $reply"
+[ "$(printf '%s' "$reply" | bench_json_get contactId)" = "$contact" ] || bench_die "GetContact returned another contact: $reply"
+reply=$(bench_grpc "$token" mosaic.crm.v1.ContactService/ListContacts '{"tag":"bench-vip"}') ||
+  bench_die "ListContacts with grpcurl failed: $reply"
+listed=$(printf '%s' "$reply" | python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("contacts", [])))')
+[ "$listed" = 50 ] || bench_die "ListContacts returned $listed contacts, expected a full page of 50"
+bench_say "GetContact and ListContacts(tag=bench-vip) answer with grpcurl"
+
+get_body="$BENCH_TMP/get_contact.bin"
+bench_grpc_frame "$get_body" 1="$contact"     # GetContactRequest { contact_id = 1 }
+list_body="$BENCH_TMP/list_contacts.bin"
+bench_grpc_frame "$list_body" 5="bench-vip"   # ListContactsRequest { tag = 5 }, page_size default 50
+
+# The statements of one call, with the service's own SELECTs.
+cols="t.contact_id, t.company_id, t.email, t.full_name, t.title, t.phone, t.tags, t.metadata, t.revision, t.created_at, t.updated_at, t.deleted_at"
+get_select="SELECT $cols FROM contacts t WHERE t.tenant_id = '$tenant' AND t.contact_id = '$contact';"
+list_select="SELECT $cols FROM contacts t WHERE t.tenant_id = '$tenant' AND t.deleted_at IS NULL AND t.tags @> ARRAY['bench-vip']::text[] ORDER BY t.contact_id LIMIT 51;"
+write_scripts() { # <name> <select>
+  printf '%s\n' 'BEGIN;' "SET LOCAL mosaic.tenant_id = '$tenant';" "$2" 'COMMIT;' >"$BENCH_TMP/$1_4.sql"
+  { printf '%s\n' '\startpipeline'; cat "$BENCH_TMP/$1_4.sql"; printf '%s\n' '\endpipeline'; } >"$BENCH_TMP/$1_pipeline.sql"
+}
+write_scripts get "$get_select"
+write_scripts list "$list_select"
+# pgbench ignores results: prove once that the scripts read what the calls read.
+[ "$(bench_psql "$role" -At -f "$BENCH_TMP/get_4.sql" | grep -c "^$contact|")" = 1 ] ||
+  bench_die "the GetContact script does not read the contact as $role"
+[ "$(bench_psql "$role" -At -f "$BENCH_TMP/list_4.sql" | grep -cE '^[0-9a-f-]{36}\|')" = 51 ] ||
+  bench_die "the ListContacts script does not read 51 rows as $role"
+bench_say "pgbench scripts read the same rows as $role under RLS"
+
+declare -A rps tps4 tpsp
+for c in "${concurrency[@]}"; do
+  for op in get list; do
+    case $op in
+      get) method=/mosaic.crm.v1.ContactService/GetContact body=$get_body label=GetContact ;;
+      list) method=/mosaic.crm.v1.ContactService/ListContacts body=$list_body label="ListContacts(tag)" ;;
+    esac
+    bench_h2load "$label c=$c" "$method" "$body" "$token" "$c" "$secs"
+    rps[$op,$c]=$BENCH_RPS
+    bench_pgbench "pgbench $op 4 statements c=$c" "$role" "$BENCH_TMP/${op}_4.sql" simple "$c" "$secs"
+    tps4[$op,$c]=$BENCH_TPS
+    bench_pgbench "pgbench $op pipeline c=$c" "$role" "$BENCH_TMP/${op}_pipeline.sql" "$pipeline_mode" "$c" "$secs"
+    tpsp[$op,$c]=$BENCH_TPS
+  done
+done
+peak_rss=$(bench_peak_rss_mib)
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- 5. report ------------------------------------------------------------------------------
+echo
+echo "ImportContacts of $rows rows ($per_message rows per message) vs raw INSERT ... SELECT FROM unnest, 1000 rows per transaction, rows/s:"
+printf '%-6s %12s %14s %14s %12s %12s\n' round "gRPC import" "raw (bound)" "raw (psql)" "grpc/bound" "grpc/psql"
+for ((r = 1; r <= rounds; r++)); do
+  v="import_round_$r"
+  read -r g b p <<<"${!v}"
+  printf '%-6s %12s %14s %14s %12s %12s\n' "$r" "$g" "$b" "$p" "$(bench_ratio "$g" "$b")" "$(bench_ratio "$g" "$p")"
+done
+printf '%-6s %12s %14s %14s %12s %12s\n' best "$grpc_best" "$bound_best" "$psql_best" \
+  "$(bench_ratio "$grpc_best" "$bound_best")" "$(bench_ratio "$grpc_best" "$psql_best")"
+echo
+echo "Reads over gRPC (h2load -t 1 -m 1) vs pgbench as $role, ~${secs}s each (tenant of $rows contacts):"
+printf '%-18s %-4s %12s %14s %15s %13s %15s\n' call c "gRPC req/s" "pgbench4 TPS" "pipelined TPS" "grpc/pgbench4" "grpc/pipelined"
+for op in get list; do
+  name=GetContact
+  [ "$op" = list ] && name="ListContacts(tag)"
+  for c in "${concurrency[@]}"; do
+    printf '%-18s %-4s %12.0f %14.0f %15.0f %13s %15s\n' "$name" "$c" \
+      "${rps[$op,$c]}" "${tps4[$op,$c]}" "${tpsp[$op,$c]}" \
+      "$(bench_ratio "${rps[$op,$c]}" "${tps4[$op,$c]}")" "$(bench_ratio "${rps[$op,$c]}" "${tpsp[$op,$c]}")"
+  done
+done
+echo "pgbench4: BEGIN; SET LOCAL; SELECT; COMMIT as 4 round trips (-M simple); pipelined: the same in one \\startpipeline (-M $pipeline_mode)"
+echo "mosaic-crm peak RSS (VmHWM): ${peak_rss} MiB; cold start (process start to SERVING): ${BENCH_COLD_START_MS} ms"
+bench_suite_log_report
+echo "loadavg at end: $load_end (nproc $(nproc); h2load, mosaic-crm, the clients and PostgreSQL share these cores)"
