@@ -46,6 +46,7 @@ pub fn config() -> SuiteConfig {
         },
         signing_key: Some(key),
         identity_db: DbConfig::from_env("identity").expect("identity db config"),
+        crm_db: DbConfig::from_env("crm").expect("crm db config"),
         token_ttl: Duration::from_secs(600),
         rate_limiter: mosaic_cache::RateLimiter::disabled(),
     }
@@ -55,7 +56,10 @@ pub fn config() -> SuiteConfig {
 pub async fn migrate(config: &SuiteConfig) {
     mosaic::migrate(
         &mosaic::admin_url(),
-        &[(mosaic_identity::SCHEMA, config.identity_db.clone())],
+        &[
+            (mosaic_identity::SCHEMA, config.identity_db.clone()),
+            (mosaic_crm::SCHEMA, config.crm_db.clone()),
+        ],
     )
     .await
     .expect("migrate");

@@ -10,6 +10,15 @@ mod harness;
 
 mod auth;
 mod catalog;
+mod crm_activities;
+mod crm_catalog;
+mod crm_companies;
+mod crm_contacts;
+mod crm_deals;
+mod crm_import;
+mod crm_scores;
+mod crm_signals;
+mod crm_support;
 mod identity_api_keys;
 mod identity_members;
 mod identity_tenants;

@@ -14,28 +14,46 @@ async fn two_migrators_at_once_apply_each_migration_once() {
     let services = [(mosaic_identity::SCHEMA, DbConfig::with_url(url))];
     let admin = mosaic::admin_url();
 
-    let (a, b) = tokio::join!(mosaic::migrate(&admin, &services), mosaic::migrate(&admin, &services));
+    let (a, b) = tokio::join!(
+        mosaic::migrate(&admin, &services),
+        mosaic::migrate(&admin, &services)
+    );
     let (a, b) = (a.unwrap(), b.unwrap());
     let expected = mosaic_identity::MIGRATIONS.iter().count();
-    assert_eq!(a.len() + b.len(), expected, "each migration applied by exactly one of them: {a:?} {b:?}");
-    assert!(mosaic::migrate(&admin, &services).await.unwrap().is_empty(), "a third run has nothing to do");
+    assert_eq!(
+        a.len() + b.len(),
+        expected,
+        "each migration applied by exactly one of them: {a:?} {b:?}"
+    );
+    assert!(
+        mosaic::migrate(&admin, &services).await.unwrap().is_empty(),
+        "a third run has nothing to do"
+    );
 
     let opts: sqlx::postgres::PgConnectOptions = admin.parse().unwrap();
-    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts.clone().database(&database))
-        .await
-        .unwrap();
+    let mut db =
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts.clone().database(&database))
+            .await
+            .unwrap();
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM mosaic_meta.schema_migrations")
         .fetch_one(&mut db)
         .await
         .unwrap();
     assert_eq!(recorded as usize, expected);
-    let owner: String = sqlx::query_scalar("SELECT tableowner FROM pg_tables WHERE schemaname = 'identity' AND tablename = 'tenants'")
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
+    let owner: String = sqlx::query_scalar(
+        "SELECT tableowner FROM pg_tables WHERE schemaname = 'identity' AND tablename = 'tenants'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
     assert_eq!(owner, "mosaic_owner");
     drop(db);
 
-    let mut maintenance = <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts).await.unwrap();
-    sqlx::raw_sql(&format!("DROP DATABASE {database} WITH (FORCE)")).execute(&mut maintenance).await.unwrap();
+    let mut maintenance = <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("DROP DATABASE {database} WITH (FORCE)"))
+        .execute(&mut maintenance)
+        .await
+        .unwrap();
 }

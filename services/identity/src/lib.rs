@@ -60,26 +60,39 @@ pub struct IdentityState {
 
 /// The identity router: every identity gRPC service over one state.
 pub fn routes(state: IdentityState, max_message_bytes: usize) -> tonic::service::Routes {
+    let mut builder = tonic::service::Routes::builder();
+    add_routes(&mut builder, state, max_message_bytes);
+    builder.routes()
+}
+
+/// Adds every identity service to `builder` (the all-in-one binary mounts several services).
+pub fn add_routes(
+    builder: &mut tonic::service::RoutesBuilder,
+    state: IdentityState,
+    max_message_bytes: usize,
+) {
+    macro_rules! limited {
+        ($server:expr) => {
+            $server
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes)
+        };
+    }
     let db = state.db.clone();
-    tonic::service::Routes::new(
-        TenantServiceServer::new(tenants::Tenants::new(db.clone()))
-            .max_decoding_message_size(max_message_bytes),
-    )
-    .add_service(
-        MemberServiceServer::new(members::Members::new(db.clone()))
-            .max_decoding_message_size(max_message_bytes),
-    )
-    .add_service(
-        ApiKeyServiceServer::new(api_keys::ApiKeys::new(db.clone()))
-            .max_decoding_message_size(max_message_bytes),
-    )
-    .add_service(
-        TokenServiceServer::new(tokens::Tokens::new(state))
-            .max_decoding_message_size(max_message_bytes),
-    )
-    .add_service(
-        AuditServiceServer::new(audit::Audit::new(db)).max_decoding_message_size(max_message_bytes),
-    )
+    builder
+        .add_service(limited!(TenantServiceServer::new(tenants::Tenants::new(
+            db.clone()
+        ))))
+        .add_service(limited!(MemberServiceServer::new(members::Members::new(
+            db.clone()
+        ))))
+        .add_service(limited!(ApiKeyServiceServer::new(api_keys::ApiKeys::new(
+            db.clone()
+        ))))
+        .add_service(limited!(TokenServiceServer::new(tokens::Tokens::new(
+            state
+        ))))
+        .add_service(limited!(AuditServiceServer::new(audit::Audit::new(db))));
 }
 
 /// Lowercase names of the proto enums as stored in the database.

@@ -105,9 +105,9 @@ impl MemberService for Members {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
         let user_id = validate::id("user_id", &req.get_ref().user_id)?;
-        let mut tx = self.db.begin(&ctx).await?;
-        let row = store::get(&mut tx, user_id).await?.ok_or_else(not_found)?;
-        tx.finish_read();
+        let row = store::get_fast(&self.db, &ctx, user_id)
+            .await?
+            .ok_or_else(not_found)?;
         Ok(Response::new(row.into_proto()))
     }
 
@@ -239,7 +239,7 @@ async fn ensure_other_owner(tx: &mut TenantTx) -> ApiResult<()> {
 pub(crate) mod store {
     use chrono::{DateTime, Utc};
     use mosaic_api::{ApiError, ApiResult, convert, etag};
-    use mosaic_db::{TenantTx, db_error};
+    use mosaic_db::{Database, TenantContext, TenantTx, db_error};
     use mosaic_proto::identity::Member;
     use mosaic_tenant::Role;
     use uuid::Uuid;
@@ -320,6 +320,20 @@ pub(crate) mod store {
         .fetch_optional(tx.conn())
         .await
         .map_err(db_error)
+    }
+
+    /// The hot read (GetMember): one round trip, see `Database::read_by_ids`.
+    pub async fn get_fast(
+        db: &Database,
+        ctx: &TenantContext,
+        user_id: Uuid,
+    ) -> ApiResult<Option<MemberRow>> {
+        let sql = format!("{SELECT} WHERE m.tenant_id = $tenant AND m.user_id = $1");
+        Ok(db
+            .read_by_ids(ctx, &sql, &[user_id])
+            .await?
+            .into_iter()
+            .next())
     }
 
     pub async fn list(

@@ -116,9 +116,9 @@ impl TenantService for Tenants {
     async fn get_tenant(&self, req: Request<GetTenantRequest>) -> Result<Response<Tenant>, Status> {
         let ctx = TenantContext::of(&req)?;
         let scoped = Self::scope(&ctx, "tenant_id", &req.get_ref().tenant_id, Role::Viewer)?;
-        let mut tx = self.db.begin(&scoped).await?;
-        let row = store::get(&mut tx).await?.ok_or_else(not_found)?;
-        tx.finish_read();
+        let row = store::get_fast(&self.db, &scoped)
+            .await?
+            .ok_or_else(not_found)?;
         Ok(Response::new(row.into_proto()))
     }
 
@@ -278,7 +278,7 @@ fn opt<T>(wanted: bool, parse: impl FnOnce() -> ApiResult<T>) -> ApiResult<Optio
 pub(crate) mod store {
     use chrono::{DateTime, Utc};
     use mosaic_api::{ApiResult, convert, etag};
-    use mosaic_db::{TenantTx, db_error};
+    use mosaic_db::{Database, TenantContext, TenantTx, db_error};
     use mosaic_proto::identity::Tenant;
     use sqlx::PgConnection;
     use uuid::Uuid;
@@ -334,15 +334,16 @@ pub(crate) mod store {
         .map_err(db_error)
     }
 
-    pub async fn get(tx: &mut TenantTx) -> ApiResult<Option<TenantRow>> {
-        let id = tx.tenant_id();
-        sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM tenants WHERE tenant_id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(tx.conn())
-        .await
-        .map_err(db_error)
+    /// The hot read (GetTenant): one round trip, see `Database::read_by_ids`.
+    pub async fn get_fast(db: &Database, ctx: &TenantContext) -> ApiResult<Option<TenantRow>> {
+        let rows = db
+            .read_by_ids(
+                ctx,
+                &format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id = $tenant"),
+                &[],
+            )
+            .await?;
+        Ok(rows.into_iter().next())
     }
 
     pub async fn get_for_update(tx: &mut TenantTx) -> ApiResult<Option<TenantRow>> {

@@ -22,7 +22,7 @@ use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 
 /// Every service schema, in migration order.
-pub const SCHEMAS: [ServiceSchema; 1] = [mosaic_identity::SCHEMA];
+pub const SCHEMAS: [ServiceSchema; 2] = [mosaic_identity::SCHEMA, mosaic_crm::SCHEMA];
 
 /// The suite's settings. See the README's configuration table.
 #[derive(Debug, Clone)]
@@ -33,6 +33,7 @@ pub struct SuiteConfig {
     /// token exchange answers UNAVAILABLE.
     pub signing_key: Option<KeyMaterial>,
     pub identity_db: DbConfig,
+    pub crm_db: DbConfig,
     /// Lifetime of exchanged tokens (`MOSAIC_TOKEN_TTL_SECS`, default 900).
     pub token_ttl: Duration,
     /// Per-tenant request rate limits in Redis (`MOSAIC_RATE_LIMIT_*`, `MOSAIC_REDIS_*`).
@@ -47,6 +48,7 @@ impl SuiteConfig {
             auth,
             signing_key,
             identity_db: DbConfig::from_env("identity").map_err(anyhow::Error::msg)?,
+            crm_db: DbConfig::from_env("crm").map_err(anyhow::Error::msg)?,
             token_ttl: Duration::from_secs(mosaic_server::env_parse(
                 "MOSAIC_TOKEN_TTL_SECS",
                 900u64,
@@ -80,10 +82,16 @@ pub async fn run(
         default_token_ttl: config.token_ttl,
     };
     let max = config.server.max_message_bytes;
-    let routes = mosaic_identity::routes(identity, max);
+    let crm_db = Database::connect_lazy(&config.crm_db, "mosaic-crm")?;
+    crm_db.register_metrics(&metrics, "crm")?;
+    let crm = mosaic_crm::CrmState { db: crm_db.clone() };
+    let mut routes = tonic::service::Routes::builder();
+    mosaic_identity::add_routes(&mut routes, identity, max);
+    mosaic_crm::add_routes(&mut routes, crm, max);
+    let routes = routes.routes();
 
-    let services: Vec<&str> = mosaic_identity::SERVICE_NAMES.to_vec();
-    let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(identity_db.clone())];
+    let services: Vec<&str> = [mosaic_identity::SERVICE_NAMES, mosaic_crm::SERVICE_NAMES].concat();
+    let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(identity_db.clone()), Arc::new(crm_db.clone())];
     let opts = ServeOptions {
         public_methods: mosaic_identity::PUBLIC_METHODS
             .iter()
@@ -101,6 +109,7 @@ pub async fn run(
     };
     let result = mosaic_server::serve(listener, routes, opts, shutdown).await;
     identity_db.close().await;
+    crm_db.close().await;
     result
 }
 

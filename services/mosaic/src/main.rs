@@ -25,9 +25,17 @@ async fn main() -> anyhow::Result<()> {
         Some("migrate") => {
             let config = mosaic_server::ServerConfig::from_env()?;
             init_logging(&config.log_filter, config.log_json)?;
-            let identity = DbConfig::from_env("identity").map_err(anyhow::Error::msg)?;
-            let applied =
-                migrate(&mosaic::admin_url(), &[(mosaic_identity::SCHEMA, identity)]).await?;
+            let services = [
+                (
+                    mosaic_identity::SCHEMA,
+                    DbConfig::from_env("identity").map_err(anyhow::Error::msg)?,
+                ),
+                (
+                    mosaic_crm::SCHEMA,
+                    DbConfig::from_env("crm").map_err(anyhow::Error::msg)?,
+                ),
+            ];
+            let applied = migrate(&mosaic::admin_url(), &services).await?;
             tracing::info!(applied = applied.len(), "database is up to date");
             Ok(())
         }

@@ -1,0 +1,230 @@
+//! SQL of companies. Every statement names `tenant_id = $1` (RLS is the backstop).
+
+use chrono::{DateTime, Utc};
+use mosaic_api::{ApiResult, convert, etag};
+use mosaic_db::{Constraint, TenantTx, db_error, db_error_with};
+use mosaic_proto::crm::Company;
+use uuid::Uuid;
+
+use super::CompanyFields;
+use crate::lifecycle;
+
+/// Select list over the alias `t`.
+pub const SELECT: &str = "t.company_id, t.display_name, t.domain, t.external_id, t.industry, \
+     t.employee_count, t.revision, t.created_at, t.updated_at, t.deleted_at";
+
+pub const CONSTRAINTS: &[Constraint] = &[
+    Constraint {
+        name: "companies_domain_live",
+        field: "company.domain",
+        reason: "COMPANY_DOMAIN_TAKEN",
+    },
+    Constraint {
+        name: "companies_external_id_live",
+        field: "company.external_id",
+        reason: "COMPANY_EXTERNAL_ID_TAKEN",
+    },
+];
+
+/// The same constraints as met by a batch, where no single entry is known.
+const BATCH_CONSTRAINTS: &[Constraint] = &[
+    Constraint {
+        name: "companies_domain_live",
+        field: "companies.domain",
+        reason: "COMPANY_DOMAIN_TAKEN",
+    },
+    Constraint {
+        name: "companies_external_id_live",
+        field: "companies.external_id",
+        reason: "COMPANY_EXTERNAL_ID_TAKEN",
+    },
+];
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct CompanyRow {
+    pub company_id: Uuid,
+    pub display_name: String,
+    pub domain: Option<String>,
+    pub external_id: Option<String>,
+    pub industry: String,
+    pub employee_count: i32,
+    pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl CompanyRow {
+    pub fn fields(&self) -> CompanyFields {
+        CompanyFields {
+            display_name: self.display_name.clone(),
+            domain: self.domain.clone(),
+            external_id: self.external_id.clone(),
+            industry: self.industry.clone(),
+            employee_count: self.employee_count,
+        }
+    }
+
+    pub fn into_proto(self) -> Company {
+        Company {
+            company_id: self.company_id.to_string(),
+            display_name: self.display_name,
+            domain: self.domain.unwrap_or_default(),
+            external_id: self.external_id.unwrap_or_default(),
+            industry: self.industry,
+            employee_count: self.employee_count,
+            create_time: Some(convert::timestamp(self.created_at)),
+            update_time: Some(convert::timestamp(self.updated_at)),
+            delete_time: convert::opt_timestamp(self.deleted_at),
+            expire_time: lifecycle::expire_time(self.deleted_at),
+            etag: etag::format(self.revision),
+        }
+    }
+}
+
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn insert(tx: &mut TenantTx, id: Uuid, f: &CompanyFields) -> ApiResult<CompanyRow> {
+    let tenant = tx.tenant_id();
+    sqlx::query_as(&format!(
+        "INSERT INTO companies AS t \
+         (tenant_id, company_id, display_name, domain, external_id, industry, employee_count) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {SELECT}"
+    ))
+    .bind(tenant)
+    .bind(id)
+    .bind(&f.display_name)
+    .bind(&f.domain)
+    .bind(&f.external_id)
+    .bind(&f.industry)
+    .bind(f.employee_count)
+    .fetch_one(tx.conn())
+    .await
+    .map_err(|e| db_error_with(e, CONSTRAINTS))
+}
+
+/// Writes every field of a row the caller locked; NOT_FOUND if it vanished.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn update(tx: &mut TenantTx, id: Uuid, f: &CompanyFields) -> ApiResult<CompanyRow> {
+    let tenant = tx.tenant_id();
+    sqlx::query_as(&format!(
+        "UPDATE companies AS t SET display_name = $3, domain = $4, external_id = $5, \
+         industry = $6, employee_count = $7, revision = t.revision + 1, updated_at = now() \
+         WHERE t.tenant_id = $1 AND t.company_id = $2 RETURNING {SELECT}"
+    ))
+    .bind(tenant)
+    .bind(id)
+    .bind(&f.display_name)
+    .bind(&f.domain)
+    .bind(&f.external_id)
+    .bind(&f.industry)
+    .bind(f.employee_count)
+    .fetch_optional(tx.conn())
+    .await
+    .map_err(|e| db_error_with(e, CONSTRAINTS))?
+    .ok_or_else(|| super::RESOURCE.not_found())
+}
+
+/// One page in id (= creation) order, `limit + 1` rows to detect a next page.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn list_page(
+    tx: &mut TenantTx,
+    after: Option<Uuid>,
+    show_deleted: bool,
+    limit: u32,
+) -> ApiResult<Vec<CompanyRow>> {
+    let tenant = tx.tenant_id();
+    sqlx::query_as(&format!(
+        "SELECT {SELECT} FROM companies t \
+         WHERE t.tenant_id = $1 AND ($2::uuid IS NULL OR t.company_id > $2) \
+           AND ($3 OR t.deleted_at IS NULL) \
+         ORDER BY t.company_id LIMIT $4"
+    ))
+    .bind(tenant)
+    .bind(after)
+    .bind(show_deleted)
+    .bind(i64::from(limit) + 1)
+    .fetch_all(tx.conn())
+    .await
+    .map_err(db_error)
+}
+
+/// `(domain, external_id)` of live companies holding any of `domains`.
+pub async fn live_domain_holders(
+    tx: &mut TenantTx,
+    domains: &[String],
+) -> ApiResult<Vec<(String, Option<String>)>> {
+    if domains.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tenant = tx.tenant_id();
+    sqlx::query_as(
+        "SELECT domain, external_id FROM companies \
+         WHERE tenant_id = $1 AND deleted_at IS NULL AND domain = ANY($2)",
+    )
+    .bind(tenant)
+    .bind(domains)
+    .fetch_all(tx.conn())
+    .await
+    .map_err(db_error)
+}
+
+#[derive(sqlx::FromRow)]
+struct Upserted {
+    #[sqlx(flatten)]
+    row: CompanyRow,
+    created: bool,
+}
+
+/// Creates or updates every entry by `external_id` in one statement: the
+/// arrays travel as `UNNEST` parameters, one round trip. `(xmax = 0)` is true
+/// for a freshly inserted row, false for one the `DO UPDATE` rewrote. Rows
+/// go in `external_id` order so concurrent batches lock in the same order
+/// (no deadlock between two syncs of overlapping sets).
+#[tracing::instrument(level = "debug", skip_all, fields(rows = batch.len()))]
+pub async fn upsert_batch(
+    tx: &mut TenantTx,
+    batch: &[(Uuid, CompanyFields)],
+) -> ApiResult<Vec<(CompanyRow, bool)>> {
+    let mut sorted: Vec<&(Uuid, CompanyFields)> = batch.iter().collect();
+    sorted.sort_by(|a, b| a.1.external_id.cmp(&b.1.external_id));
+    let n = sorted.len();
+    let (mut ids, mut names, mut domains, mut keys, mut industries, mut employees) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (id, f) in sorted {
+        ids.push(*id);
+        names.push(f.display_name.as_str());
+        domains.push(f.domain.as_deref());
+        keys.push(f.external_id.as_deref());
+        industries.push(f.industry.as_str());
+        employees.push(f.employee_count);
+    }
+    let tenant = tx.tenant_id();
+    let rows: Vec<Upserted> = sqlx::query_as(&format!(
+        "INSERT INTO companies AS t \
+         (tenant_id, company_id, display_name, domain, external_id, industry, employee_count) \
+         SELECT $1, u.* FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[]) \
+             AS u(company_id, display_name, domain, external_id, industry, employee_count) \
+         ON CONFLICT (tenant_id, external_id) WHERE deleted_at IS NULL DO UPDATE SET \
+             display_name = EXCLUDED.display_name, domain = EXCLUDED.domain, \
+             industry = EXCLUDED.industry, employee_count = EXCLUDED.employee_count, \
+             revision = t.revision + 1, updated_at = now() \
+         RETURNING {SELECT}, (t.xmax = 0) AS created"
+    ))
+    .bind(tenant)
+    .bind(&ids)
+    .bind(&names)
+    .bind(&domains)
+    .bind(&keys)
+    .bind(&industries)
+    .bind(&employees)
+    .fetch_all(tx.conn())
+    .await
+    .map_err(|e| db_error_with(e, BATCH_CONSTRAINTS))?;
+    Ok(rows.into_iter().map(|u| (u.row, u.created)).collect())
+}

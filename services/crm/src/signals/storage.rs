@@ -1,0 +1,159 @@
+//! SQL of signals. Every statement names `tenant_id = $1` (RLS is the backstop).
+
+use chrono::{DateTime, Utc};
+use mosaic_api::{ApiResult, convert};
+use mosaic_db::{Constraint, TenantTx, db_error, db_error_with};
+use mosaic_proto::crm::Signal;
+use sqlx::{Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::NewSignal;
+
+const SELECT: &str = "t.signal_id, t.provider, t.event_id, t.signal_type, t.signal_hash, \
+     t.company_id, t.contact_id, t.payload, t.occurred_at, t.created_at";
+
+/// Backstops for the handler's live checks (a purge racing the insert).
+const CONSTRAINTS: &[Constraint] = &[
+    Constraint {
+        name: "signals_company_fk",
+        field: "signals.company_id",
+        reason: "COMPANY_NOT_FOUND",
+    },
+    Constraint {
+        name: "signals_contact_fk",
+        field: "signals.contact_id",
+        reason: "CONTACT_NOT_FOUND",
+    },
+];
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct SignalRow {
+    pub signal_id: Uuid,
+    pub provider: String,
+    pub event_id: String,
+    pub signal_type: String,
+    pub signal_hash: Option<String>,
+    pub company_id: Option<Uuid>,
+    pub contact_id: Option<Uuid>,
+    pub payload: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl SignalRow {
+    pub fn into_proto(self) -> Signal {
+        Signal {
+            signal_id: self.signal_id.to_string(),
+            provider: self.provider,
+            event_id: self.event_id,
+            signal_type: self.signal_type,
+            signal_hash: self.signal_hash.unwrap_or_default(),
+            company_id: self.company_id.map(|c| c.to_string()).unwrap_or_default(),
+            contact_id: self.contact_id.map(|c| c.to_string()).unwrap_or_default(),
+            payload: Some(convert::json_to_struct(&self.payload)),
+            occur_time: Some(convert::timestamp(self.occurred_at)),
+            create_time: Some(convert::timestamp(self.created_at)),
+        }
+    }
+}
+
+/// Inserts the batch in one statement and returns how many rows were new.
+/// `ON CONFLICT DO NOTHING` without a target covers both keys, the unique
+/// `(provider, event_id)` and the partial unique `signal_hash`, and also a
+/// repeat inside the batch itself; a concurrent insert of the same key waits
+/// for the other transaction and then counts as a duplicate.
+#[tracing::instrument(level = "debug", skip_all, fields(rows = batch.len()))]
+pub async fn insert_new(tx: &mut TenantTx, batch: &[NewSignal]) -> ApiResult<usize> {
+    let n = batch.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut providers = Vec::with_capacity(n);
+    let mut events = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    let mut companies = Vec::with_capacity(n);
+    let mut contacts = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    for s in batch {
+        ids.push(Uuid::now_v7());
+        providers.push(s.provider.as_str());
+        events.push(s.event_id.as_str());
+        types.push(s.signal_type.as_str());
+        hashes.push(s.signal_hash.as_deref());
+        companies.push(s.company_id);
+        contacts.push(s.contact_id);
+        payloads.push(&s.payload);
+        times.push(s.occurred_at);
+    }
+    let tenant = tx.tenant_id();
+    let accepted: i64 = sqlx::query_scalar(
+        "WITH inserted AS ( \
+             INSERT INTO signals (tenant_id, signal_id, provider, event_id, signal_type, signal_hash, \
+                                  company_id, contact_id, payload, occurred_at) \
+             SELECT $1, u.* FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                                        $7::uuid[], $8::uuid[], $9::jsonb[], $10::timestamptz[]) \
+                 AS u(signal_id, provider, event_id, signal_type, signal_hash, company_id, \
+                      contact_id, payload, occurred_at) \
+             ON CONFLICT DO NOTHING \
+             RETURNING 1 \
+         ) SELECT count(*) FROM inserted",
+    )
+    .bind(tenant)
+    .bind(&ids)
+    .bind(&providers)
+    .bind(&events)
+    .bind(&types)
+    .bind(&hashes)
+    .bind(&companies)
+    .bind(&contacts)
+    .bind(&payloads)
+    .bind(&times)
+    .fetch_one(tx.conn())
+    .await
+    .map_err(|e| db_error_with(e, CONSTRAINTS))?;
+    Ok(usize::try_from(accepted).unwrap_or_default())
+}
+
+/// The checked filters of ListSignals.
+#[derive(Debug)]
+pub struct SignalFilter {
+    pub provider: Option<String>,
+    pub signal_type: Option<String>,
+    pub company_id: Option<Uuid>,
+    pub contact_id: Option<Uuid>,
+}
+
+/// One page newest first (ids are UUIDv7: receipt order), `limit + 1` rows.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn list_page(
+    tx: &mut TenantTx,
+    f: &SignalFilter,
+    before: Option<Uuid>,
+    limit: u32,
+) -> ApiResult<Vec<SignalRow>> {
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+        "SELECT {SELECT} FROM signals t WHERE t.tenant_id = "
+    ));
+    q.push_bind(tx.tenant_id());
+    if let Some(p) = &f.provider {
+        q.push(" AND t.provider = ").push_bind(p.clone());
+    }
+    if let Some(s) = &f.signal_type {
+        q.push(" AND t.signal_type = ").push_bind(s.clone());
+    }
+    if let Some(c) = f.company_id {
+        q.push(" AND t.company_id = ").push_bind(c);
+    }
+    if let Some(c) = f.contact_id {
+        q.push(" AND t.contact_id = ").push_bind(c);
+    }
+    if let Some(before) = before {
+        q.push(" AND t.signal_id < ").push_bind(before);
+    }
+    q.push(" ORDER BY t.signal_id DESC LIMIT ")
+        .push_bind(i64::from(limit) + 1);
+    q.build_query_as()
+        .fetch_all(tx.conn())
+        .await
+        .map_err(db_error)
+}

@@ -1,0 +1,128 @@
+//! The crm service under test, and helpers shared by the `crm_*` tests.
+//!
+//! crm is served by the suite (see `harness`). Each test makes its own
+//! tenant ([`CrmTenant::new`]): crm needs no identity rows, so a token
+//! carrying a fresh tenant id is a fresh, empty tenant.
+
+use mosaic_db::DbConfig;
+use mosaic_proto::crm::{
+    Company, Contact, CreateCompanyRequest, CreateContactRequest,
+    activity_service_client::ActivityServiceClient, company_service_client::CompanyServiceClient,
+    contact_service_client::ContactServiceClient, crm_audit_service_client::CrmAuditServiceClient,
+    deal_service_client::DealServiceClient, score_service_client::ScoreServiceClient,
+    signal_service_client::SignalServiceClient,
+};
+use sqlx::{Connection, PgConnection};
+use tonic::Request;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::harness::{app, authed};
+
+/// A channel to crm on the calling test's runtime.
+pub fn channel() -> Channel {
+    app().channel()
+}
+
+pub fn companies() -> CompanyServiceClient<Channel> {
+    CompanyServiceClient::new(channel())
+}
+pub fn contacts() -> ContactServiceClient<Channel> {
+    ContactServiceClient::new(channel())
+}
+pub fn deals() -> DealServiceClient<Channel> {
+    DealServiceClient::new(channel())
+}
+pub fn activities() -> ActivityServiceClient<Channel> {
+    ActivityServiceClient::new(channel())
+}
+pub fn signals() -> SignalServiceClient<Channel> {
+    SignalServiceClient::new(channel())
+}
+pub fn scores() -> ScoreServiceClient<Channel> {
+    ScoreServiceClient::new(channel())
+}
+pub fn audit() -> CrmAuditServiceClient<Channel> {
+    CrmAuditServiceClient::new(channel())
+}
+
+/// A fresh tenant: a new id nobody has written under.
+#[derive(Debug, Clone, Copy)]
+pub struct CrmTenant {
+    pub id: Uuid,
+}
+
+impl CrmTenant {
+    pub fn new() -> Self {
+        app();
+        Self { id: Uuid::now_v7() }
+    }
+
+    /// A token of this tenant with `role` and a fresh principal.
+    pub fn token(&self, role: &str) -> String {
+        app().token(Some(self.id), &format!("user:{}", Uuid::now_v7()), &[role])
+    }
+
+    /// `msg` as an admin of this tenant (admins may call every crm method).
+    pub fn req<T>(&self, msg: T) -> Request<T> {
+        authed(msg, &self.token("admin"))
+    }
+
+    /// `msg` as `role`.
+    pub fn as_role<T>(&self, role: &str, msg: T) -> Request<T> {
+        authed(msg, &self.token(role))
+    }
+
+    pub async fn company(&self, name: &str) -> Company {
+        companies()
+            .create_company(self.req(CreateCompanyRequest {
+                company: Some(Company {
+                    display_name: name.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            }))
+            .await
+            .expect("create company")
+            .into_inner()
+    }
+
+    pub async fn contact(&self, email: &str) -> Contact {
+        contacts()
+            .create_contact(self.req(CreateContactRequest {
+                contact: Some(Contact {
+                    email: email.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            }))
+            .await
+            .expect("create contact")
+            .into_inner()
+    }
+
+    /// Rows of `table` in this tenant, counted behind the API (superuser).
+    pub async fn count(&self, table: &str) -> i64 {
+        let mut db = app().admin_db().await;
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM crm.{table} WHERE tenant_id = $1"
+        ))
+        .bind(self.id)
+        .fetch_one(&mut db)
+        .await
+        .expect("count")
+    }
+}
+
+/// A connection as the crm runtime role (RLS applies).
+pub async fn crm_role_db() -> PgConnection {
+    let url = DbConfig::from_env("crm").expect("config").url;
+    PgConnection::connect(&url)
+        .await
+        .expect("crm runtime connection")
+}
+
+/// A unique email.
+pub fn email(tag: &str) -> String {
+    format!("{tag}-{}@example.com", Uuid::new_v4().simple())
+}
