@@ -13,11 +13,12 @@
 #      (prior-knowledge h2c, one call in flight per connection) at c=8 and c=32,
 #      ~BENCH_SECONDS each, and checks with the suite's own metrics that every call
 #      ended with grpc-status OK (h2load alone counts any HTTP 200 as a success);
-#   4. runs pgbench as the runtime role mosaic_identity with the statements one call
-#      makes (BEGIN; SET LOCAL mosaic.tenant_id; primary-key SELECT; COMMIT), once as
-#      four round trips (-M simple) and once as a single pipeline (-M prepared), at
-#      the same concurrencies, interleaved with the gRPC runs so that each pair sees
-#      about the same background load;
+#   4. runs pgbench as the runtime role mosaic_identity with the statements of one
+#      tenant-scoped read (BEGIN; SET LOCAL mosaic.tenant_id; primary-key SELECT;
+#      COMMIT), once as four round trips (-M simple) and once as a single pipeline
+#      (-M prepared), at the same concurrencies, interleaved with the gRPC runs so
+#      that each pair sees about the same background load (the service itself sends
+#      SET LOCAL and the SELECT as one simple-protocol message);
 #   5. prints req/s, TPS, the ratios, the suite's peak RSS (VmHWM) and cold start.
 # The suite is always stopped on exit; on failure its log tail is printed.
 #
