@@ -17,10 +17,21 @@ pub fn opt_timestamp(t: Option<DateTime<Utc>>) -> Option<Timestamp> {
     t.map(timestamp)
 }
 
-/// A request timestamp, checked to be a real instant.
+/// Timestamp seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the
+/// range of `google.protobuf.Timestamp` (and well inside PostgreSQL's).
+const MIN_SECONDS: i64 = -62_135_596_800;
+const MAX_SECONDS: i64 = 253_402_300_799;
+
+/// A request timestamp, checked to be a real instant in years 1..=9999.
 pub fn datetime(field: &str, t: &Timestamp) -> ApiResult<DateTime<Utc>> {
     if !(0..1_000_000_000).contains(&t.nanos) {
         return Err(ApiError::invalid_argument(field, "nanos out of range"));
+    }
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) {
+        return Err(ApiError::invalid_argument(
+            field,
+            "must be between years 1 and 9999",
+        ));
     }
     Utc.timestamp_opt(t.seconds, t.nanos as u32)
         .single()
@@ -51,6 +62,7 @@ const MAX_DEPTH: usize = 32;
 fn struct_to_json(field: &str, s: &Struct, depth: usize) -> ApiResult<Json> {
     let mut map = Map::with_capacity(s.fields.len());
     for (k, v) in &s.fields {
+        no_nul(field, k)?;
         map.insert(k.clone(), value_to_json(field, v, depth + 1)?);
     }
     Ok(Json::Object(map))
@@ -66,7 +78,10 @@ fn value_to_json(field: &str, v: &Value, depth: usize) -> ApiResult<Json> {
     Ok(match &v.kind {
         None | Some(Kind::NullValue(_)) => Json::Null,
         Some(Kind::BoolValue(b)) => Json::Bool(*b),
-        Some(Kind::StringValue(s)) => Json::String(s.clone()),
+        Some(Kind::StringValue(s)) => {
+            no_nul(field, s)?;
+            Json::String(s.clone())
+        }
         Some(Kind::NumberValue(n)) => Json::Number(
             Number::from_f64(*n)
                 .ok_or_else(|| ApiError::invalid_argument(field, "numbers must be finite"))?,
@@ -79,6 +94,17 @@ fn value_to_json(field: &str, v: &Value, depth: usize) -> ApiResult<Json> {
                 .collect::<ApiResult<_>>()?,
         ),
     })
+}
+
+/// PostgreSQL's `jsonb` cannot hold U+0000 in keys or strings.
+fn no_nul(field: &str, s: &str) -> ApiResult<()> {
+    if s.contains('\0') {
+        return Err(ApiError::invalid_argument(
+            field,
+            "JSON strings must not contain U+0000",
+        ));
+    }
+    Ok(())
 }
 
 /// A stored JSON object as a `google.protobuf.Struct` (non-objects become empty).
@@ -128,5 +154,30 @@ mod tests {
             .into(),
         };
         assert!(json_object("settings", Some(&nan), 1024).is_err());
+        let nul = Struct {
+            fields: [(
+                "k".to_owned(),
+                Value {
+                    kind: Some(Kind::StringValue("a\0b".into())),
+                },
+            )]
+            .into(),
+        };
+        assert!(json_object("settings", Some(&nul), 1024).is_err());
+        let too_late = Timestamp {
+            seconds: MAX_SECONDS + 1,
+            nanos: 0,
+        };
+        assert!(datetime("t", &too_late).is_err());
+        assert!(
+            datetime(
+                "t",
+                &Timestamp {
+                    seconds: MAX_SECONDS,
+                    nanos: 0
+                }
+            )
+            .is_ok()
+        );
     }
 }

@@ -66,7 +66,8 @@ pub fn db_error_with(e: sqlx::Error, constraints: &[Constraint]) -> ApiError {
                     };
                 }
                 // check_violation, not_null_violation, string too long, bad text representation
-                "23514" | "23502" | "22001" | "22P02" | "22003" | "22007" | "22008" => {
+                "23514" | "23502" | "22001" | "22P02" | "22P05" | "22021" | "22003" | "22007"
+                | "22008" => {
                     return match constraint {
                         Some(c) => ApiError::invalid_argument(c.field, "out of range"),
                         None => {

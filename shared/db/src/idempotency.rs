@@ -81,7 +81,7 @@ impl TenantTx {
         response: &T,
     ) -> ApiResult<()> {
         let tenant = self.tenant_id();
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE idempotency_keys SET response = $4 \
              WHERE tenant_id = $1 AND method = $2 AND request_id = $3",
         )
@@ -91,7 +91,13 @@ impl TenantTx {
         .bind(response.encode_to_vec())
         .execute(self.conn())
         .await
-        .map_err(db_error)?;
+        .map_err(db_error)?
+        .rows_affected();
+        if updated != 1 {
+            return Err(ApiError::internal(
+                "idempotency response stored without a claim",
+            ));
+        }
         Ok(())
     }
 }

@@ -27,6 +27,8 @@ use crate::companies;
 
 /// Rows per upsert statement and transaction.
 pub const BATCH_ROWS: usize = 1000;
+/// Rows one import stream may carry.
+pub const MAX_IMPORT_ROWS: i64 = 1_000_000;
 /// At most this many failures are listed (all are counted).
 pub const MAX_FAILURES_LISTED: usize = 10_000;
 /// Longest failure description, so a full failure list stays far below the
@@ -134,12 +136,28 @@ impl Report {
 
 /// The batch being written while the next one is read and validated: at
 /// most one, so batches still commit one after another, in stream order.
-type InFlight = Option<JoinHandle<ApiResult<Written>>>;
+/// The batch being written by its own task. If the call is dropped (the
+/// client went away or its deadline passed) the task is aborted, so no batch
+/// starts committing after the caller stopped waiting; a batch is one
+/// transaction, so it lands whole or not at all either way.
+#[derive(Default)]
+struct InFlight(Option<JoinHandle<ApiResult<Written>>>);
 
-/// Waits for the batch in flight, if any, and counts it.
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(write) = &self.0 {
+            write.abort();
+        }
+    }
+}
+
+/// Waits for the batch in flight, if any, and counts it. The handle stays
+/// in `in_flight` while awaited, so dropping the call aborts it.
 async fn settle(in_flight: &mut InFlight, report: &mut Report) -> ApiResult<()> {
-    if let Some(write) = in_flight.take() {
-        report.add(write.await.map_err(ApiError::internal)??);
+    if let Some(write) = in_flight.0.as_mut() {
+        let written = write.await;
+        in_flight.0 = None;
+        report.add(written.map_err(ApiError::internal)??);
     }
     Ok(())
 }
@@ -155,7 +173,7 @@ pub async fn run(
     let import_id = Uuid::now_v7();
     let mut report = Report::default();
     let mut batch: Vec<Pending> = Vec::with_capacity(BATCH_ROWS);
-    let mut in_flight: InFlight = None;
+    let mut in_flight = InFlight::default();
     let mut next_index: i64 = 0;
     loop {
         let message = match stream.message().await {
@@ -169,6 +187,16 @@ pub async fn run(
                 return Err(status);
             }
         };
+        if next_index + message.contacts.len() as i64 > MAX_IMPORT_ROWS {
+            // Complete batches already written stay (the reply of an error
+            // cannot count them; the audit trail under the import id does).
+            let _ = settle(&mut in_flight, &mut report).await;
+            return Err(ApiError::invalid_argument(
+                "contacts",
+                format!("at most {MAX_IMPORT_ROWS} rows per import stream; split the import"),
+            )
+            .into());
+        }
         for contact in &message.contacts {
             let index = next_index;
             next_index += 1;
@@ -180,7 +208,7 @@ pub async fn run(
                 settle(&mut in_flight, &mut report).await?;
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
                 let (db, ctx) = (db.clone(), ctx.clone());
-                in_flight = Some(tokio::spawn(async move {
+                in_flight.0 = Some(tokio::spawn(async move {
                     write_batch(&db, &ctx, import_id, full).await
                 }));
             }
