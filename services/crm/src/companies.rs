@@ -171,9 +171,7 @@ impl CompanyService for Companies {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
         let id = validate::id("company_id", &req.get_ref().company_id)?;
-        let mut tx = self.db.begin(&ctx).await?;
-        let row: storage::CompanyRow = RESOURCE.get(&mut tx, id).await?;
-        tx.finish_read();
+        let row: storage::CompanyRow = RESOURCE.read(&self.db, &ctx, id).await?;
         Ok(Response::new(row.into_proto()))
     }
 

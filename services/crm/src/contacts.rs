@@ -289,9 +289,7 @@ impl ContactService for Contacts {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
         let id = validate::id("contact_id", &req.get_ref().contact_id)?;
-        let mut tx = self.db.begin(&ctx).await?;
-        let row: storage::ContactRow = RESOURCE.get(&mut tx, id).await?;
-        tx.finish_read();
+        let row: storage::ContactRow = RESOURCE.read(&self.db, &ctx, id).await?;
         Ok(Response::new(row.into_proto()))
     }
 

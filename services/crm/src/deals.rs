@@ -263,9 +263,7 @@ impl DealService for Deals {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
         let id = validate::id("deal_id", &req.get_ref().deal_id)?;
-        let mut tx = self.db.begin(&ctx).await?;
-        let row: storage::DealRow = RESOURCE.get(&mut tx, id).await?;
-        tx.finish_read();
+        let row: storage::DealRow = RESOURCE.read(&self.db, &ctx, id).await?;
         Ok(Response::new(row.into_proto()))
     }
 

@@ -58,8 +58,23 @@ impl Resource {
     }
 
     /// The row, also while soft-deleted; NOT_FOUND when absent (or another tenant's).
-    pub async fn get<R: Row>(&self, tx: &mut TenantTx, id: Uuid) -> ApiResult<R> {
-        self.fetch(tx, id, "").await
+    /// The row, read in one round trip outside any transaction of the
+    /// caller's (Get methods: see `Database::read_by_ids`).
+    pub async fn read<R: Row>(&self, db: &Database, ctx: &TenantContext, id: Uuid) -> ApiResult<R> {
+        let Resource {
+            table,
+            id_column,
+            select,
+            ..
+        } = self;
+        let sql = format!(
+            "SELECT {select} FROM {table} t WHERE t.tenant_id = $tenant AND t.{id_column} = $1"
+        );
+        db.read_by_ids(ctx, &sql, &[id])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.not_found())
     }
 
     /// The row, locked until the transaction ends, for read-merge-write updates.
@@ -174,7 +189,7 @@ impl Resource {
             return Err(etag::stale(self.kind));
         }
         if is_deleted == deleted {
-            return Ok((self.get(tx, id).await?, false));
+            return Ok((self.fetch(tx, id, "").await?, false));
         }
         let row = sqlx::query_as(&format!(
             "UPDATE {table} AS t SET deleted_at = CASE WHEN $3 THEN now() END, \
