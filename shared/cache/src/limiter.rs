@@ -6,12 +6,21 @@
 //! clock, and stores the tenant's theoretical arrival time with an expiry that
 //! ends when the tenant's burst is fully replenished.
 //!
+//! A process does not ask Redis for every request: it takes a small lease of
+//! tokens at once (a GCRA step of `cost` cells: one twentieth of a second's
+//! rate, at most a tenth of the burst, at least 1) and spends it locally
+//! until it is used up or [`LEASE_TTL`] passes. Redis still holds the one
+//! count every replica draws from; a lease that expires unspent only makes
+//! the limit slightly stricter. When a whole lease no longer fits, a single
+//! token is asked for, so the limit stays exact at its edge.
+//!
 //! Redis is an accelerator, not a dependency: the limiter connects lazily in
 //! the background (the service starts while Redis is down), retries the
 //! connection at most every [`RECONNECT_EVERY`], bounds every check by the
 //! configured timeout, and whenever Redis is down, slow or erroring the check
 //! is allowed (fail open) and a warning is logged at most every [`WARN_EVERY`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -29,7 +38,11 @@ pub const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How long one connection attempt may take (in the background, not on a request).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// GCRA. KEYS[1]: the tenant's key. ARGV[1]: requests per second, ARGV[2]: burst.
+/// How long a lease of tokens may be spent locally.
+pub const LEASE_TTL: Duration = Duration::from_millis(100);
+
+/// GCRA. KEYS[1]: the tenant's key. ARGV[1]: requests per second, ARGV[2]: burst,
+/// ARGV[3]: how many cells this step takes (a lease).
 /// Returns `{1, 0}` when allowed, `{0, retry_after_microseconds}` when limited.
 /// Times are microseconds; the stored value is formatted as an integer because
 /// Lua's `tostring` would round it to 14 significant digits.
@@ -41,7 +54,7 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = 1000000 / rate
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
-local new_tat = tat + interval
+local new_tat = tat + interval * tonumber(ARGV[3])
 local allow_at = new_tat - burst * interval
 if allow_at > now then
   return {0, math.ceil(allow_at - now)}
@@ -78,6 +91,15 @@ struct Inner {
     started: Instant,
     /// Milliseconds after `started` of the last warning, plus one; 0 = never.
     last_warn: AtomicU64,
+    /// Tokens taken from Redis and not yet spent, per tenant.
+    leases: Mutex<HashMap<Uuid, Lease>>,
+    /// Cells one lease takes.
+    lease_size: u32,
+}
+
+struct Lease {
+    left: u32,
+    until: Instant,
 }
 
 #[derive(Default)]
@@ -106,13 +128,15 @@ impl RateLimiter {
             .map_err(|e| format!("MOSAIC_REDIS_URL: {e}"))?;
         Ok(Self {
             inner: Some(Arc::new(Inner {
-                config,
                 client,
                 script: redis::Script::new(GCRA),
                 conn: watch::Sender::new(None),
                 attempt: Mutex::new(Attempt::default()),
                 started: Instant::now(),
                 last_warn: AtomicU64::new(0),
+                leases: Mutex::new(HashMap::new()),
+                lease_size: (config.per_second / 20).min(config.burst / 10).max(1),
+                config,
             })),
         })
     }
@@ -158,22 +182,70 @@ impl RateLimiter {
 
 impl Inner {
     async fn run(self: &Arc<Self>, tenant: Uuid) -> Result<Decision, String> {
+        if self.spend_lease(tenant) {
+            return Ok(Decision::Allowed);
+        }
         let mut conn = self.connection().await?;
-        let (allowed, retry_us): (i64, i64) = self
-            .script
-            .key(RateLimiter::key(tenant))
-            .arg(self.config.per_second)
-            .arg(self.config.burst.max(1))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(if allowed == 1 {
-            Decision::Allowed
-        } else {
-            Decision::Limited {
-                retry_after: Duration::from_micros(retry_us.max(1).unsigned_abs()),
+        let mut cost = self.lease_size;
+        loop {
+            let (allowed, retry_us): (i64, i64) = self
+                .script
+                .key(RateLimiter::key(tenant))
+                .arg(self.config.per_second)
+                .arg(self.config.burst.max(1))
+                .arg(cost)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if allowed == 1 {
+                if cost > 1 {
+                    self.store_lease(tenant, cost - 1);
+                }
+                return Ok(Decision::Allowed);
             }
-        })
+            if cost == 1 {
+                return Ok(Decision::Limited {
+                    retry_after: Duration::from_micros(retry_us.max(1).unsigned_abs()),
+                });
+            }
+            // A whole lease no longer fits: near the limit, go token by token.
+            cost = 1;
+        }
+    }
+
+    /// Takes one token from this process's lease for `tenant`, if it has one.
+    fn spend_lease(&self, tenant: Uuid) -> bool {
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        match leases.get_mut(&tenant) {
+            Some(lease) if lease.left > 0 && lease.until > Instant::now() => {
+                lease.left -= 1;
+                true
+            }
+            Some(_) => {
+                leases.remove(&tenant);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn store_lease(&self, tenant: Uuid, left: u32) {
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        // Bounded: expired leases go first, and a flood of tenants only costs precision.
+        if leases.len() >= 65_536 {
+            leases.retain(|_, l| l.until > now);
+            if leases.len() >= 65_536 {
+                leases.clear();
+            }
+        }
+        leases.insert(
+            tenant,
+            Lease {
+                left,
+                until: now + LEASE_TTL,
+            },
+        );
     }
 
     /// The shared connection, starting a background attempt when there is
@@ -332,6 +404,24 @@ mod tests {
 
         tokio::time::sleep(retry + Duration::from_millis(10)).await;
         assert_eq!(limiter.check(tenant).await, Decision::Allowed);
+    }
+
+    #[tokio::test]
+    async fn leases_draw_from_one_count_shared_by_every_process() {
+        // Two "replicas" of a service: lease size min(100/20, 100/10) = 5.
+        let (a, b) = (limiter(100, 100), limiter(100, 100));
+        let tenant = Uuid::new_v4();
+        let mut allowed = 0;
+        for i in 0..140 {
+            let l = if i % 2 == 0 { &a } else { &b };
+            if l.check(tenant).await == Decision::Allowed {
+                allowed += 1;
+            }
+        }
+        // The burst of 100, plus what refilled meanwhile, minus at most what
+        // sits unspent in the two leases.
+        assert!((90..=110).contains(&allowed), "{allowed} allowed");
+        assert!(matches!(a.check(tenant).await, Decision::Limited { .. }));
     }
 
     #[tokio::test]
