@@ -25,4 +25,5 @@ mod identity_tenants;
 mod migrate;
 mod propagation;
 mod rate_limit;
+mod read_lane;
 mod shutdown;

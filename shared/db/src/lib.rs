@@ -22,6 +22,7 @@ pub mod error;
 pub mod idempotency;
 pub mod migrate;
 pub mod pool;
+mod read_lane;
 
 pub use config::DbConfig;
 pub use error::{Constraint, db_error, db_error_with};

@@ -10,11 +10,13 @@ use uuid::Uuid;
 
 use crate::config::DbConfig;
 use crate::error::db_error;
+use crate::read_lane::ReadLane;
 
 /// A service's connection pool, logged in as the service's runtime role.
 #[derive(Debug, Clone)]
 pub struct Database {
     pool: PgPool,
+    reads: std::sync::Arc<ReadLane>,
     platform_role: Option<&'static str>,
     max_connections: u32,
 }
@@ -36,9 +38,16 @@ impl Database {
             // ping also flushes a read's queued rollback); a second ping on
             // acquire would put one more round trip on every call's path.
             .test_before_acquire(false)
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
+        // A quarter of the pool's size again, for one-message reads.
+        let lane = (config.max_connections as usize / 4).max(2);
         Ok(Self {
             pool,
+            reads: std::sync::Arc::new(ReadLane::new(
+                options.application_name(&format!("{application_name}-reads")),
+                lane,
+                config.acquire_timeout,
+            )),
             platform_role: None,
             max_connections: config.max_connections,
         })
@@ -92,8 +101,8 @@ impl Database {
             .collect()
     }
 
-    /// Runs `text` as one simple-protocol message (a `&str` without arguments).
-    /// Boxed as `Send` here: callers' futures cannot prove it through sqlx's
+    /// Runs `text` as one simple-protocol message on the read lane. Boxed
+    /// as `Send` here: callers' futures cannot prove it through sqlx's
     /// higher-ranked executor bounds.
     fn simple_query(
         &self,
@@ -105,10 +114,7 @@ impl Database {
                 + '_,
         >,
     > {
-        Box::pin(async move {
-            let mut conn = self.pool.acquire().await?;
-            sqlx::Executor::fetch_all(&mut *conn, text.as_str()).await
-        })
+        Box::pin(async move { self.reads.fetch_all(&text).await })
     }
 
     /// The platform-admin path (the one named exception to tenant scoping):
@@ -140,6 +146,7 @@ impl Database {
 
     /// Closes every connection (graceful shutdown).
     pub async fn close(&self) {
+        self.reads.close();
         self.pool.close().await;
     }
 }
