@@ -253,9 +253,10 @@ impl CompanyService for Companies {
             etag::parse("etag", &r.etag),
         )
             .all_ok()?;
-        self.set_deleted(&ctx, id, expected, true)
+        RESOURCE
+            .delete_or_undelete::<storage::CompanyRow>(&self.db, &ctx, id, expected, true)
             .await
-            .map(Response::new)
+            .map(|row| Response::new(row.into_proto()))
             .map_err(Into::into)
     }
 
@@ -266,9 +267,10 @@ impl CompanyService for Companies {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Admin)?;
         let id = validate::id("company_id", &req.get_ref().company_id)?;
-        self.set_deleted(&ctx, id, None, false)
+        RESOURCE
+            .delete_or_undelete::<storage::CompanyRow>(&self.db, &ctx, id, None, false)
             .await
-            .map(Response::new)
+            .map(|row| Response::new(row.into_proto()))
             .map_err(Into::into)
     }
 
@@ -330,31 +332,6 @@ impl CompanyService for Companies {
             created_count: created as i32,
             updated_count: updated as i32,
         }))
-    }
-}
-
-impl Companies {
-    async fn set_deleted(
-        &self,
-        ctx: &TenantContext,
-        id: Uuid,
-        expected: Option<i64>,
-        deleted: bool,
-    ) -> ApiResult<Company> {
-        let mut tx = self.db.begin(ctx).await?;
-        let (row, changed): (storage::CompanyRow, bool) =
-            RESOURCE.set_deleted(&mut tx, id, expected, deleted).await?;
-        if changed {
-            let action = if deleted {
-                "company.delete"
-            } else {
-                "company.undelete"
-            };
-            tx.audit(action, "company", id, serde_json::json!({}))
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(row.into_proto())
     }
 }
 

@@ -416,14 +416,9 @@ impl ContactService for Contacts {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Admin)?;
         let id = validate::id("contact_id", &req.get_ref().contact_id)?;
-        let mut tx = self.db.begin(&ctx).await?;
-        let (row, changed): (storage::ContactRow, bool) =
-            RESOURCE.set_deleted(&mut tx, id, None, false).await?;
-        if changed {
-            tx.audit("contact.undelete", "contact", id, serde_json::json!({}))
-                .await?;
-        }
-        tx.commit().await?;
+        let row: storage::ContactRow = RESOURCE
+            .delete_or_undelete(&self.db, &ctx, id, None, false)
+            .await?;
         Ok(Response::new(row.into_proto()))
     }
 

@@ -349,9 +349,10 @@ impl DealService for Deals {
             etag::parse("etag", &r.etag),
         )
             .all_ok()?;
-        self.set_deleted(&ctx, id, expected, true)
+        RESOURCE
+            .delete_or_undelete::<storage::DealRow>(&self.db, &ctx, id, expected, true)
             .await
-            .map(Response::new)
+            .map(|row| Response::new(row.into_proto()))
             .map_err(Into::into)
     }
 
@@ -362,9 +363,10 @@ impl DealService for Deals {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Admin)?;
         let id = validate::id("deal_id", &req.get_ref().deal_id)?;
-        self.set_deleted(&ctx, id, None, false)
+        RESOURCE
+            .delete_or_undelete::<storage::DealRow>(&self.db, &ctx, id, None, false)
             .await
-            .map(Response::new)
+            .map(|row| Response::new(row.into_proto()))
             .map_err(Into::into)
     }
 
@@ -489,29 +491,5 @@ impl DealService for Deals {
             })
             .collect();
         Ok(Response::new(GetPipelineSummaryResponse { stages }))
-    }
-}
-
-impl Deals {
-    async fn set_deleted(
-        &self,
-        ctx: &TenantContext,
-        id: Uuid,
-        expected: Option<i64>,
-        deleted: bool,
-    ) -> ApiResult<Deal> {
-        let mut tx = self.db.begin(ctx).await?;
-        let (row, changed): (storage::DealRow, bool) =
-            RESOURCE.set_deleted(&mut tx, id, expected, deleted).await?;
-        if changed {
-            let action = if deleted {
-                "deal.delete"
-            } else {
-                "deal.undelete"
-            };
-            tx.audit(action, "deal", id, serde_json::json!({})).await?;
-        }
-        tx.commit().await?;
-        Ok(row.into_proto())
     }
 }

@@ -208,6 +208,34 @@ impl Resource {
     }
 }
 
+impl Resource {
+    /// Soft delete (`deleted`) or undelete in a transaction of its own, with
+    /// its audit event (`<kind>.delete` / `<kind>.undelete`) when it changed
+    /// anything. Repeating either is a no-op that returns the row.
+    pub async fn delete_or_undelete<R: Row>(
+        &self,
+        db: &Database,
+        ctx: &TenantContext,
+        id: Uuid,
+        expected: Option<i64>,
+        deleted: bool,
+    ) -> ApiResult<R> {
+        let mut tx = db.begin(ctx).await?;
+        let (row, changed) = self.set_deleted(&mut tx, id, expected, deleted).await?;
+        if changed {
+            let action = format!(
+                "{}.{}",
+                self.kind,
+                if deleted { "delete" } else { "undelete" }
+            );
+            tx.audit(&action, self.kind, id, serde_json::json!({}))
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(row)
+    }
+}
+
 /// Checks a locked row before an update: NOT_FOUND was handled by the read;
 /// here a deleted row is FAILED_PRECONDITION and a changed revision ABORTED.
 pub fn check_writable(
