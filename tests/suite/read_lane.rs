@@ -1,7 +1,11 @@
 //! One-message reads (`Database::read_by_ids`) keep their connections beside
 //! the pool: a connection killed while idle is replaced transparently, an SQL
-//! error leaves the connection usable, and the tenant fence holds.
+//! error leaves the connection usable, and the tenant fence holds, also when
+//! reads of many tenants share one message.
 
+use std::time::Duration;
+
+use futures::future::join_all;
 use mosaic_db::{Database, DbConfig, TenantContext};
 use uuid::Uuid;
 
@@ -61,5 +65,139 @@ async fn reads_survive_killed_idle_connections_and_sql_errors() {
         .await
         .unwrap();
     assert!(none.is_empty());
+    db.close().await;
+}
+
+/// A database whose read lane has one connection, so that concurrent reads
+/// must share messages.
+fn one_connection_lane(name: &str, acquire_timeout: Duration) -> Database {
+    let mut config = DbConfig::from_env("identity").unwrap();
+    config.read_connections = 1;
+    config.acquire_timeout = acquire_timeout;
+    Database::connect_lazy(&config, name).unwrap()
+}
+
+#[tokio::test]
+async fn reads_of_many_tenants_share_messages_and_each_sees_only_its_own() {
+    let tenants: Vec<Uuid> = join_all((0..4).map(|_| app().new_tenant()))
+        .await
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let db = one_connection_lane("lane-share", Duration::from_secs(5));
+    // Read i runs as tenant i % 4 and asks for tenant (i / 4) % 4 by id: a
+    // quarter are its own row, the rest another tenant's, which RLS hides.
+    let reads = (0..400).map(|i| {
+        let (me, asked) = (tenants[i % 4], tenants[(i / 4) % 4]);
+        let db = &db;
+        async move {
+            let ctx = TenantContext::system(me, "lane-test");
+            let rows = db
+                .read_by_ids::<(Uuid,)>(
+                    &ctx,
+                    "SELECT tenant_id FROM tenants WHERE tenant_id = $1",
+                    &[asked],
+                )
+                .await
+                .unwrap();
+            (me, asked, rows)
+        }
+    });
+    for (me, asked, rows) in join_all(reads).await {
+        if me == asked {
+            assert_eq!(rows, [(me,)]);
+        } else {
+            assert!(rows.is_empty(), "{me} read {asked}'s row");
+        }
+    }
+    let (reads, messages) = db.read_lane_stats();
+    assert_eq!(reads, 400);
+    assert!(
+        messages <= 400 / 8,
+        "{reads} reads took {messages} messages: not shared"
+    );
+    db.close().await;
+}
+
+#[tokio::test]
+async fn an_error_in_a_shared_message_fails_only_its_own_read() {
+    let t = app().new_tenant().await;
+    let db = one_connection_lane("lane-error", Duration::from_secs(5));
+    let ctx = TenantContext::system(t.id, "lane-test");
+    // Divides by zero for the nil id only, when the statement runs.
+    let sql = "SELECT tenant_id FROM tenants WHERE tenant_id = $tenant \
+               AND 1 / (CASE WHEN $1 = '00000000-0000-0000-0000-000000000000'::uuid THEN 0 ELSE 1 END) = 1";
+    let reads = (0..64).map(|i| {
+        let (db, ctx) = (&db, &ctx);
+        let id = if i % 8 == 3 {
+            Uuid::nil()
+        } else {
+            Uuid::now_v7()
+        };
+        async move { (id, db.read_by_ids::<(Uuid,)>(ctx, sql, &[id]).await) }
+    });
+    let results = join_all(reads).await;
+    let (_, messages) = db.read_lane_stats();
+    assert!(messages < 64, "the reads did not share messages");
+    for (id, result) in results {
+        if id.is_nil() {
+            assert_eq!(result.unwrap_err().code(), tonic::Code::Internal);
+        } else {
+            assert_eq!(result.unwrap(), [(t.id,)], "read {id} failed");
+        }
+    }
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_read_waits_in_the_queue_at_most_the_acquire_timeout() {
+    let t = app().new_tenant().await;
+    let db = one_connection_lane("lane-timeout", Duration::from_millis(300));
+    let ctx = TenantContext::system(t.id, "lane-test");
+    let slow = {
+        let (db, ctx) = (db.clone(), ctx.clone());
+        tokio::spawn(async move {
+            db.read_by_ids::<(Uuid,)>(
+                &ctx,
+                "SELECT tenant_id FROM tenants WHERE tenant_id = $tenant \
+                 AND (SELECT 1 FROM pg_sleep(0.8)) = 1",
+                &[],
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = db
+        .read_by_ids::<(Uuid,)>(
+            &ctx,
+            "SELECT tenant_id FROM tenants WHERE tenant_id = $tenant",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(queued.code(), tonic::Code::Unavailable);
+    // Once sent, a read is not cut short by the queue timeout.
+    assert_eq!(slow.await.unwrap().unwrap(), [(t.id,)]);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn more_distinct_selects_than_a_connection_keeps_prepared() {
+    let t = app().new_tenant().await;
+    let db = one_connection_lane("lane-prepared", Duration::from_secs(5));
+    let ctx = TenantContext::system(t.id, "lane-test");
+    // 300 distinct statements (each connection keeps at most 256), sharing
+    // messages, twice over.
+    let selects: Vec<String> = (0..300)
+        .map(|k| format!("SELECT tenant_id FROM tenants WHERE tenant_id = $tenant AND {k} = {k}"))
+        .collect();
+    for _ in 0..2 {
+        let reads = selects
+            .iter()
+            .map(|sql| db.read_by_ids::<(Uuid,)>(&ctx, sql, &[]));
+        for rows in join_all(reads).await {
+            assert_eq!(rows.unwrap(), [(t.id,)]);
+        }
+    }
     db.close().await;
 }

@@ -9,6 +9,9 @@ pub struct DbConfig {
     pub url: String,
     pub max_connections: u32,
     pub min_connections: u32,
+    /// Connections beside the pool for one-message reads
+    /// ([`crate::Database::read_by_ids`]); reads waiting for one share a message.
+    pub read_connections: u32,
     /// How long a call waits for a free connection before UNAVAILABLE.
     pub acquire_timeout: Duration,
 }
@@ -20,7 +23,8 @@ pub fn default_url(service: &str) -> String {
 
 impl DbConfig {
     /// From `MOSAIC_<SERVICE>_DATABASE_URL`, `MOSAIC_DB_MAX_CONNECTIONS` (16),
-    /// `MOSAIC_DB_MIN_CONNECTIONS` (2), `MOSAIC_DB_ACQUIRE_TIMEOUT_MS` (2000).
+    /// `MOSAIC_DB_MIN_CONNECTIONS` (2), `MOSAIC_DB_READ_CONNECTIONS` (4),
+    /// `MOSAIC_DB_ACQUIRE_TIMEOUT_MS` (2000).
     pub fn from_env(service: &str) -> Result<Self, String> {
         let var = format!("MOSAIC_{}_DATABASE_URL", service.to_uppercase());
         let url = std::env::var(&var).unwrap_or_else(|_| default_url(service));
@@ -36,6 +40,7 @@ impl DbConfig {
             url,
             max_connections: num("MOSAIC_DB_MAX_CONNECTIONS", 16)? as u32,
             min_connections: num("MOSAIC_DB_MIN_CONNECTIONS", 2)? as u32,
+            read_connections: num("MOSAIC_DB_READ_CONNECTIONS", 4)?.max(1) as u32,
             acquire_timeout: Duration::from_millis(num("MOSAIC_DB_ACQUIRE_TIMEOUT_MS", 2000)?),
         })
     }
@@ -45,6 +50,7 @@ impl DbConfig {
             url: url.into(),
             max_connections: 16,
             min_connections: 0,
+            read_connections: 4,
             acquire_timeout: Duration::from_secs(2),
         }
     }

@@ -39,13 +39,11 @@ impl Database {
             // acquire would put one more round trip on every call's path.
             .test_before_acquire(false)
             .connect_lazy_with(options.clone());
-        // A quarter of the pool's size again, for one-message reads.
-        let lane = (config.max_connections as usize / 4).max(2);
         Ok(Self {
             pool,
             reads: std::sync::Arc::new(ReadLane::new(
                 options.application_name(&format!("{application_name}-reads")),
-                lane,
+                config.read_connections as usize,
                 config.acquire_timeout,
             )),
             platform_role: None,
@@ -74,13 +72,15 @@ impl Database {
         })
     }
 
-    /// A read in one round trip, for the hottest lookups. `SET LOCAL
-    /// mosaic.tenant_id = '<tenant>'` and `sql` travel as one simple-protocol
-    /// message, which PostgreSQL runs as one implicit transaction: the setting
-    /// ends with it, and an error rolls all of it back. Only UUIDs can be
+    /// A read in at most one round trip, for the hottest lookups: `sql` runs
+    /// right after `SET LOCAL mosaic.tenant_id = '<tenant>'` in one
+    /// simple-protocol message, which PostgreSQL runs as one implicit
+    /// transaction, so the setting ends with it. Reads that arrive while the
+    /// read connections are busy share the next message, and each connection
+    /// prepares `sql` once (see the `read_lane` module). Only UUIDs can be
     /// bound, so nothing a client sends is ever spliced into SQL text:
-    /// `$tenant` becomes the caller's tenant and `$1`, `$2`, ... the `ids`,
-    /// each as a quoted UUID literal.
+    /// `$tenant` is the caller's tenant and `$1`, `$2`, ... are the `ids`.
+    /// `sql` is one SELECT, without `;`.
     pub async fn read_by_ids<T>(
         &self,
         ctx: &TenantContext,
@@ -91,30 +91,13 @@ impl Database {
         T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
     {
         let tenant = ctx.tenant_id()?;
-        let text = format!(
-            "SET LOCAL mosaic.tenant_id = '{tenant}'; {}",
-            bind_uuids(sql, tenant, ids)
-        );
-        let rows = self.simple_query(text).await.map_err(db_error)?;
+        if sql.contains(';') || sql.trim().is_empty() {
+            return Err(ApiError::internal("read_by_ids takes one statement"));
+        }
+        let rows = self.reads.read(tenant, sql, ids).await.map_err(db_error)?;
         rows.iter()
             .map(|row| T::from_row(row).map_err(db_error))
             .collect()
-    }
-
-    /// Runs `text` as one simple-protocol message on the read lane. Boxed
-    /// as `Send` here: callers' futures cannot prove it through sqlx's
-    /// higher-ranked executor bounds.
-    fn simple_query(
-        &self,
-        text: String,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<Vec<sqlx::postgres::PgRow>, sqlx::Error>>
-                + Send
-                + '_,
-        >,
-    > {
-        Box::pin(async move { self.reads.fetch_all(&text).await })
     }
 
     /// The platform-admin path (the one named exception to tenant scoping):
@@ -142,6 +125,11 @@ impl Database {
             self.pool.num_idle() as u32,
             self.max_connections,
         )
+    }
+
+    /// One-message reads: (reads sent, messages they were sent in).
+    pub fn read_lane_stats(&self) -> (u64, u64) {
+        self.reads.stats()
     }
 
     /// Closes every connection (graceful shutdown).
@@ -239,7 +227,9 @@ impl mosaic_server::Probe for Database {
 }
 
 impl Database {
-    /// Pool gauges, sampled at scrape time: `mosaic_db_pool_connections{service,state}`.
+    /// Pool gauges, sampled at scrape time: `mosaic_db_pool_connections{service,state}`,
+    /// and the read lane's `mosaic_db_read_lane_{reads,messages}_total{service}`
+    /// (their ratio is how many reads share a message).
     pub fn register_metrics(
         &self,
         metrics: &mosaic_server::Metrics,
@@ -257,39 +247,18 @@ impl Database {
                 }),
             )?;
         }
+        for (index, what) in ["reads", "messages"].into_iter().enumerate() {
+            let db = self.clone();
+            metrics.register_counter_fn(
+                &format!("mosaic_db_read_lane_{what}_total"),
+                &format!("one-message reads: {what} sent"),
+                &[("service", service)],
+                std::sync::Arc::new(move || {
+                    let (reads, messages) = db.read_lane_stats();
+                    [reads, messages][index] as f64
+                }),
+            )?;
+        }
         Ok(())
-    }
-}
-
-/// Replaces `$tenant` and `$1..$n` with quoted UUID literals, highest index
-/// first so `$1` never eats the start of `$10`.
-fn bind_uuids(sql: &str, tenant: Uuid, ids: &[Uuid]) -> String {
-    let mut out = sql.replace("$tenant", &format!("'{tenant}'::uuid"));
-    for (i, id) in ids.iter().enumerate().rev() {
-        out = out.replace(&format!("${}", i + 1), &format!("'{id}'::uuid"));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn binds_uuids_by_index() {
-        let ids: Vec<Uuid> = (0..11).map(|_| Uuid::now_v7()).collect();
-        let t = Uuid::now_v7();
-        let sql = bind_uuids(
-            "WHERE a = $tenant AND b = $1 AND c = $10 AND d = $11",
-            t,
-            &ids,
-        );
-        assert_eq!(
-            sql,
-            format!(
-                "WHERE a = '{t}'::uuid AND b = '{}'::uuid AND c = '{}'::uuid AND d = '{}'::uuid",
-                ids[0], ids[9], ids[10]
-            )
-        );
     }
 }

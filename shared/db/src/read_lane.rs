@@ -1,85 +1,425 @@
-//! A few connections kept beside the pool for [`crate::Database::read_by_ids`].
+//! A few connections kept beside the pool for [`crate::Database::read_by_ids`],
+//! which share round trips: reads that arrive while every lane connection is
+//! busy travel together in the next message.
 //!
-//! sqlx's pool pings every connection it takes back (a round trip and a
-//! wake-up of the PostgreSQL backend per call). A one-message read leaves its
-//! connection idle and clean once PostgreSQL has answered — the message is one
-//! implicit transaction — so this lane puts it straight back. A connection is
-//! only returned after PostgreSQL answered (rows or an SQL error); if a call
-//! is dropped mid-flight, or the connection fails, it is closed instead. A
-//! connection that went stale while idle (a server restart) is replaced once.
+//! Each read is `SET LOCAL mosaic.tenant_id = '<tenant>'; EXECUTE <its
+//! SELECT>(<tenant>, <ids>...)`. A connection that comes free takes every
+//! read waiting (up to [`MAX_BATCH`]) and sends them as one simple-protocol
+//! message, which PostgreSQL runs as one implicit transaction, statement by
+//! statement: every SELECT runs under the setting made right before it, so
+//! each read sees its own tenant's rows only (RLS reads the setting at each
+//! statement; the SELECTs bind their tenant as a parameter too). Nothing is
+//! written, so sharing the transaction shares no state; the setting ends with
+//! the message. One PostgreSQL wake-up and one pair of socket calls then
+//! serve a whole batch instead of each read.
+//!
+//! Each connection prepares a SELECT (SQL `PREPARE`, its own message) the
+//! first time it runs it, so PostgreSQL parses and plans it once per
+//! connection rather than once per read. Parameters are UUIDs only, written
+//! as literals: nothing a client sends is spliced into SQL text.
+//!
+//! Results are told apart by PostgreSQL's command-complete messages: two per
+//! read (the SET and the EXECUTE). An SQL error ends the message: the reads
+//! answered before it keep their rows, the failing read gets the error, and
+//! the reads after it, which never ran, go out again in a new message. A
+//! connection that went stale while idle (a server restart, a killed
+//! backend, a migration that changed a prepared SELECT's result) is replaced
+//! once and the unanswered reads retried on the new one: they are reads, so
+//! running one twice is harmless.
+//!
+//! sqlx's pool pings every connection it takes back; the lane does not need
+//! to, because a message that PostgreSQL answered leaves its connection idle
+//! and clean. Messages are sent from a spawned task, so a caller that goes
+//! away cannot cut a batch, which other callers wait on, in half.
 
-use std::sync::{Mutex, PoisonError};
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures::StreamExt;
 use sqlx::postgres::{PgConnectOptions, PgRow};
-use sqlx::{ConnectOptions, PgConnection};
-use tokio::sync::Semaphore;
+use sqlx::{ConnectOptions, Either, PgConnection};
+use tokio::sync::oneshot;
+use uuid::Uuid;
 
-#[derive(Debug)]
+/// Most reads sent in one message.
+pub(crate) const MAX_BATCH: usize = 32;
+
+/// Most SELECTs prepared on one connection; past it they are all deallocated.
+const MAX_PREPARED: usize = 256;
+
+type Answer = Result<Vec<PgRow>, sqlx::Error>;
+
+struct Read {
+    /// Tells a queued read from a taken one when its caller gives up.
+    seq: u64,
+    tenant: Uuid,
+    /// What its prepared statement is known by: `<number of ids>:<SELECT>`,
+    /// the SELECT with `$tenant` and `$1..$n` (see [`numbered`]).
+    key: String,
+    ids: Vec<Uuid>,
+    reply: oneshot::Sender<Answer>,
+}
+
+impl Read {
+    fn select(&self) -> &str {
+        self.key.split_once(':').map_or("", |(_, select)| select)
+    }
+}
+
+/// A lane connection and the SELECTs prepared on it, by [`Read::key`].
+struct LaneConn {
+    conn: PgConnection,
+    prepared: HashMap<String, String>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Read>,
+    idle: Vec<LaneConn>,
+    /// Tasks sending messages; at most `size`, each with one connection.
+    senders: usize,
+    next_seq: u64,
+    closed: bool,
+}
+
 pub(crate) struct ReadLane {
     options: PgConnectOptions,
-    idle: Mutex<Vec<PgConnection>>,
-    permits: Semaphore,
-    acquire_timeout: Duration,
+    size: usize,
+    /// How long a read waits in the queue before PoolTimedOut.
+    queue_timeout: Duration,
+    state: Mutex<State>,
+    /// Reads sent, and the messages they travelled in.
+    reads_sent: AtomicU64,
+    messages_sent: AtomicU64,
+}
+
+impl std::fmt::Debug for ReadLane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadLane")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReadLane {
-    pub(crate) fn new(options: PgConnectOptions, size: usize, acquire_timeout: Duration) -> Self {
+    pub(crate) fn new(options: PgConnectOptions, size: usize, queue_timeout: Duration) -> Self {
         Self {
             options,
-            idle: Mutex::new(Vec::with_capacity(size)),
-            permits: Semaphore::new(size),
-            acquire_timeout,
+            size: size.max(1),
+            queue_timeout,
+            state: Mutex::new(State::default()),
+            reads_sent: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
         }
     }
 
-    /// Closes the idle connections; later reads fail with `PoolClosed`.
-    pub(crate) fn close(&self) {
-        self.permits.close();
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+    /// (reads sent, messages they were sent in), since the start.
+    pub(crate) fn stats(&self) -> (u64, u64) {
+        (
+            self.reads_sent.load(Ordering::Relaxed),
+            self.messages_sent.load(Ordering::Relaxed),
+        )
     }
 
-    /// Runs `text` (no arguments: one simple-protocol message).
-    pub(crate) async fn fetch_all(&self, text: &str) -> Result<Vec<PgRow>, sqlx::Error> {
-        let _permit = tokio::time::timeout(self.acquire_timeout, self.permits.acquire())
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?
-            .map_err(|_| sqlx::Error::PoolClosed)?;
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        if let Some(conn) = idle {
-            match self.run(conn, text).await {
-                // A stale connection: try once more on a fresh one.
-                Err(e) if connection_lost(&e) => {}
-                other => return other,
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Closes the idle connections and fails queued reads; later reads fail
+    /// with `PoolClosed`. Messages in flight finish and close their connections.
+    pub(crate) fn close(&self) {
+        let mut state = self.state();
+        state.closed = true;
+        state.idle.clear();
+        for read in state.queue.drain(..) {
+            let _ = read.reply.send(Err(sqlx::Error::PoolClosed));
+        }
+    }
+
+    /// Runs `select` under `SET LOCAL mosaic.tenant_id = '<tenant>'` and
+    /// returns its rows. `select` is one statement, without `;`, in which
+    /// `$tenant` is `tenant` and `$1`, `$2`, ... are `ids`.
+    pub(crate) async fn read(self: &Arc<Self>, tenant: Uuid, select: &str, ids: &[Uuid]) -> Answer {
+        debug_assert!(!select.contains(';'));
+        let (key, ids) = (format!("{}:{select}", ids.len()), ids.to_vec());
+        let (reply, answer) = oneshot::channel();
+        let (seq, sender) = {
+            let mut state = self.state();
+            if state.closed {
+                return Err(sqlx::Error::PoolClosed);
+            }
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            state.queue.push_back(Read {
+                seq,
+                tenant,
+                key,
+                ids,
+                reply,
+            });
+            let sender = (state.senders < self.size).then(|| {
+                state.senders += 1;
+                state.idle.pop()
+            });
+            (seq, sender)
+        };
+        if let Some(conn) = sender {
+            tokio::spawn(Sender::new(Arc::clone(self)).run(conn));
+        }
+        let mut answer = std::pin::pin!(answer);
+        match tokio::time::timeout(self.queue_timeout, &mut answer).await {
+            Ok(reply) => reply.unwrap_or(Err(sqlx::Error::PoolClosed)),
+            Err(_) => {
+                let still_queued = {
+                    let mut state = self.state();
+                    let at = state.queue.iter().position(|r| r.seq == seq);
+                    at.and_then(|at| state.queue.remove(at)).is_some()
+                };
+                if still_queued {
+                    return Err(sqlx::Error::PoolTimedOut);
+                }
+                // Already sent: PostgreSQL's statement_timeout bounds the rest.
+                answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
             }
         }
-        let conn = self.options.connect().await?;
-        self.run(conn, text).await
     }
 
-    async fn run(&self, mut conn: PgConnection, text: &str) -> Result<Vec<PgRow>, sqlx::Error> {
-        let result = sqlx::Executor::fetch_all(&mut conn, text).await;
-        // PostgreSQL answered (rows or an SQL error, after which the implicit
-        // transaction is already rolled back): the connection is clean.
-        let clean = match &result {
-            Ok(_) => true,
-            Err(e) => matches!(e, sqlx::Error::Database(_)) && !connection_lost(e),
-        };
-        if clean {
-            self.idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(conn);
+    /// The next batch, or `None` (and this sender gone, its connection
+    /// idle) when nothing waits. Reads whose callers left are dropped.
+    fn next_batch(&self, conn: &mut Option<LaneConn>) -> Option<VecDeque<Read>> {
+        let mut state = self.state();
+        let mut batch = VecDeque::new();
+        while batch.len() < MAX_BATCH {
+            match state.queue.pop_front() {
+                Some(read) if read.reply.is_closed() => {}
+                Some(read) => batch.push_back(read),
+                None => break,
+            }
         }
-        result
+        if batch.is_empty() {
+            if let Some(conn) = conn.take()
+                && !state.closed
+            {
+                state.idle.push(conn);
+            }
+            state.senders -= 1;
+            return None;
+        }
+        Some(batch)
     }
+
+    /// Answers every read of `batch`; returns the connection if it is still clean.
+    async fn send(&self, conn: Option<LaneConn>, mut batch: VecDeque<Read>) -> Option<LaneConn> {
+        let mut conn = conn;
+        let mut may_replace = conn.is_some();
+        loop {
+            let mut c = match conn.take() {
+                Some(c) => c,
+                None => match self.options.connect().await {
+                    Ok(conn) => LaneConn {
+                        conn,
+                        prepared: HashMap::new(),
+                    },
+                    Err(e) => {
+                        fail_all(batch, e);
+                        return None;
+                    }
+                },
+            };
+            let err = match self.send_once(&mut c, &mut batch).await {
+                Ok(()) => return Some(c),
+                Err(e) => e,
+            };
+            if stale(&err) {
+                // Stale since it was last used: retry what is unanswered on a
+                // fresh connection, once.
+                if may_replace {
+                    may_replace = false;
+                    continue;
+                }
+                fail_all(batch, err);
+                return None;
+            }
+            if matches!(err, sqlx::Error::Database(_)) {
+                // PostgreSQL answered with an error for the first unanswered
+                // read and skipped the rest; the connection is clean.
+                if let Some(failed) = batch.pop_front() {
+                    let _ = failed.reply.send(Err(err));
+                }
+                if batch.is_empty() {
+                    return Some(c);
+                }
+                conn = Some(c);
+                continue;
+            }
+            fail_all(batch, err);
+            return None;
+        }
+    }
+
+    /// One message for the reads of `batch`; pops each read off `batch` as its
+    /// answer arrives, so on error the front of `batch` is the read that failed.
+    async fn send_once(
+        &self,
+        c: &mut LaneConn,
+        batch: &mut VecDeque<Read>,
+    ) -> Result<(), sqlx::Error> {
+        c.prepare(batch).await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.messages_sent.fetch_add(1, Ordering::Relaxed);
+        self.reads_sent
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut text = String::with_capacity(batch.len() * 160);
+        for read in batch.iter() {
+            // UUIDs only: hex and dashes, safe to inline.
+            let tenant = read.tenant;
+            let name = c
+                .prepared
+                .get(&read.key)
+                .ok_or_else(|| sqlx::Error::Protocol("a read's SELECT is not prepared".into()))?;
+            let _ = write!(
+                text,
+                "SET LOCAL mosaic.tenant_id = '{tenant}'; EXECUTE {name}('{tenant}'"
+            );
+            for id in &read.ids {
+                let _ = write!(text, ", '{id}'");
+            }
+            text.push_str(");\n");
+        }
+        let mut stream = sqlx::Executor::fetch_many(&mut c.conn, text.as_str());
+        let (mut rows, mut completed) = (Vec::new(), 0usize);
+        while let Some(item) = stream.next().await {
+            match item? {
+                Either::Right(row) => rows.push(row),
+                Either::Left(_) => {
+                    completed += 1;
+                    if completed % 2 == 0 {
+                        let read = batch.pop_front().ok_or_else(|| {
+                            sqlx::Error::Protocol("more results than reads".into())
+                        })?;
+                        let _ = read.reply.send(Ok(std::mem::take(&mut rows)));
+                    } else if !rows.is_empty() {
+                        return Err(sqlx::Error::Protocol("rows from SET LOCAL".into()));
+                    }
+                }
+            }
+        }
+        if batch.is_empty() {
+            Ok(())
+        } else {
+            Err(sqlx::Error::Protocol("fewer results than reads".into()))
+        }
+    }
+}
+
+impl LaneConn {
+    /// Prepares the SELECTs of `batch` this connection has not prepared yet.
+    /// A SELECT that does not prepare (an SQL error) fails its reads, which
+    /// leave `batch`; `Err` is a problem with the connection.
+    async fn prepare(&mut self, batch: &mut VecDeque<Read>) -> Result<(), sqlx::Error> {
+        let mut i = 0;
+        while i < batch.len() {
+            if self.prepared.contains_key(&batch[i].key) {
+                i += 1;
+                continue;
+            }
+            if self.prepared.len() >= MAX_PREPARED {
+                sqlx::Executor::execute(&mut self.conn, "DEALLOCATE ALL").await?;
+                self.prepared.clear();
+                i = 0; // the reads before this one need theirs again
+                continue;
+            }
+            let read = &batch[i];
+            let key = read.key.clone();
+            let name = format!("mosaic_read_{}", self.prepared.len() + 1);
+            let text = format!(
+                "PREPARE {name}({}) AS {}",
+                vec!["uuid"; read.ids.len() + 1].join(", "),
+                numbered(read.select())
+            );
+            match sqlx::Executor::execute(&mut self.conn, text.as_str()).await {
+                Ok(_) => {
+                    self.prepared.insert(key, name);
+                    i += 1;
+                }
+                Err(e) if matches!(e, sqlx::Error::Database(_)) && !stale(&e) => {
+                    let (failed, kept) = std::mem::take(batch)
+                        .into_iter()
+                        .partition::<Vec<_>, _>(|read| read.key == key);
+                    *batch = kept.into();
+                    fail_all(failed, e);
+                    i = 0;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+/// `$tenant` → `$1` and `$n` → `$n+1`: the parameters of the prepared SELECT.
+fn numbered(select: &str) -> String {
+    let mut out = String::with_capacity(select.len() + 8);
+    let mut rest = select;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix("tenant") {
+            out.push_str("$1");
+            rest = tail;
+            continue;
+        }
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        match after[..digits].parse::<usize>() {
+            Ok(n) => {
+                let _ = write!(out, "${}", n.saturating_add(1));
+                rest = &after[digits..];
+            }
+            Err(_) => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Gives every read the error: the first the error itself, the others a copy.
+fn fail_all(reads: impl IntoIterator<Item = Read>, err: sqlx::Error) {
+    let mut err = Some(err);
+    let mut reads = reads.into_iter().peekable();
+    while let Some(read) = reads.next() {
+        let e = match (&err, reads.peek()) {
+            (Some(e), Some(_)) => copy_error(e),
+            _ => err.take().unwrap_or(sqlx::Error::PoolClosed),
+        };
+        let _ = read.reply.send(Err(e));
+    }
+}
+
+/// sqlx errors are not `Clone`; a copy keeps what the gRPC mapping looks at.
+fn copy_error(err: &sqlx::Error) -> sqlx::Error {
+    match err {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        e if stale(e) || matches!(e, sqlx::Error::Tls(_)) => {
+            sqlx::Error::Io(std::io::Error::other(e.to_string()))
+        }
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+/// The connection must be replaced: it is gone, or a prepared SELECT's
+/// result changed under it (SQLSTATE 0A000, "cached plan must not change
+/// result type", after a migration).
+fn stale(e: &sqlx::Error) -> bool {
+    connection_lost(e)
+        || matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("0A000"))
 }
 
 /// The connection is gone: an I/O error, or the server ending the session
@@ -91,5 +431,48 @@ fn connection_lost(e: &sqlx::Error) -> bool {
             .code()
             .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
         _ => false,
+    }
+}
+
+/// A task sending batches until the queue is empty. If it ends any other
+/// way (a panic, the runtime shutting down), its slot is given back on drop.
+struct Sender {
+    lane: Arc<ReadLane>,
+    done: bool,
+}
+
+impl Sender {
+    fn new(lane: Arc<ReadLane>) -> Self {
+        Self { lane, done: false }
+    }
+
+    async fn run(mut self, mut conn: Option<LaneConn>) {
+        while let Some(batch) = self.lane.next_batch(&mut conn) {
+            conn = self.lane.send(conn, batch).await;
+        }
+        // `next_batch` gave the slot back under the same lock that saw the
+        // queue empty, so no read can be left waiting without a sender.
+        self.done = true;
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        if !self.done {
+            self.lane.state().senders -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn numbers_the_tenant_first_then_the_ids() {
+        assert_eq!(
+            numbered("WHERE a = $tenant AND b = $1 AND c = $9 AND d = $10 AND e = '$x'"),
+            "WHERE a = $1 AND b = $2 AND c = $10 AND d = $11 AND e = '$x'"
+        );
     }
 }

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
@@ -87,13 +87,36 @@ impl Metrics {
         labels: &[(&str, &str)],
         sample: GaugeFn,
     ) -> Result<(), prometheus::Error> {
+        self.register_sampled(MetricType::GAUGE, name, help, labels, sample)
+    }
+
+    /// Like [`Metrics::register_gauge_fn`], for a count that only grows
+    /// (name it `..._total`), kept by its owner, e.g. in an `AtomicU64`.
+    pub fn register_counter_fn(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        sample: GaugeFn,
+    ) -> Result<(), prometheus::Error> {
+        self.register_sampled(MetricType::COUNTER, name, help, labels, sample)
+    }
+
+    fn register_sampled(
+        &self,
+        kind: MetricType,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        sample: GaugeFn,
+    ) -> Result<(), prometheus::Error> {
         let const_labels: HashMap<String, String> = labels
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let desc = Desc::new(name.to_owned(), help.to_owned(), Vec::new(), const_labels)?;
         self.registry
-            .register(Box::new(SampledGauge { desc, sample }))
+            .register(Box::new(Sampled { kind, desc, sample }))
     }
 
     /// The registry in the Prometheus text exposition format.
@@ -111,28 +134,37 @@ impl Metrics {
     }
 }
 
-/// A gauge with constant labels whose value comes from a function.
-/// (`prometheus::PullingGauge` is the same thing without labels.)
-struct SampledGauge {
+/// A gauge or counter with constant labels whose value comes from a function.
+/// (`prometheus::PullingGauge` is the gauge without labels.)
+struct Sampled {
+    kind: MetricType,
     desc: Desc,
     sample: GaugeFn,
 }
 
-impl Collector for SampledGauge {
+impl Collector for Sampled {
     fn desc(&self) -> Vec<&Desc> {
         vec![&self.desc]
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let mut gauge = Gauge::default();
-        gauge.set_value((self.sample)());
-        let mut metric = Metric::from_gauge(gauge);
+        let value = (self.sample)();
+        let mut metric = Metric::default();
+        if self.kind == MetricType::COUNTER {
+            let mut counter = Counter::default();
+            counter.set_value(value);
+            metric.set_counter(counter);
+        } else {
+            let mut gauge = Gauge::default();
+            gauge.set_value(value);
+            metric.set_gauge(gauge);
+        }
         let labels: Vec<LabelPair> = self.desc.const_label_pairs.clone();
         metric.set_label(labels);
         let mut family = MetricFamily::default();
         family.set_name(self.desc.fq_name.clone());
         family.set_help(self.desc.help.clone());
-        family.set_field_type(MetricType::GAUGE);
+        family.set_field_type(self.kind);
         family.set_metric(vec![metric]);
         vec![family]
     }
@@ -207,6 +239,28 @@ mod tests {
         let text = metrics.render().expect("render");
         assert!(
             text.contains(r#"mosaic_db_pool_connections{pool="crm",state="idle"} 7"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn counters_are_sampled_with_their_type() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics
+            .register_counter_fn(
+                "mosaic_db_read_lane_reads_total",
+                "Reads.",
+                &[("service", "crm")],
+                Arc::new(|| 42.0),
+            )
+            .expect("counter");
+        let text = metrics.render().expect("render");
+        assert!(
+            text.contains("# TYPE mosaic_db_read_lane_reads_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mosaic_db_read_lane_reads_total{service="crm"} 42"#),
             "{text}"
         );
     }
