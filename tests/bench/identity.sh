@@ -18,14 +18,16 @@
 #      COMMIT), once as four round trips (-M simple) and once as a single pipeline
 #      (-M prepared), at the same concurrencies, interleaved with the gRPC runs so
 #      that each pair sees about the same background load (the service itself sends
-#      SET LOCAL and the SELECT as one simple-protocol message);
-#   5. prints req/s, TPS, the ratios, the suite's peak RSS (VmHWM) and cold start.
+#      SET LOCAL and a prepared SELECT as one simple-protocol message, shared by the
+#      reads that wait for a read connection: see the README);
+#   5. prints req/s, TPS, the ratios, the reads per message, the suite's peak RSS
+#      (VmHWM) and cold start.
 # The suite is always stopped on exit; on failure its log tail is printed.
 #
 # Knobs: BENCH_SECONDS (10), BENCH_CONCURRENCY ("8 32"), BENCH_PIPELINE_MODE
-# (prepared), BENCH_SKIP_BUILD=1, and those of tests/bench/lib.sh. The suite's pool
-# is MOSAIC_DB_MAX_CONNECTIONS (default 16), so at c=32 the gRPC calls share 16
-# database connections while pgbench uses 32.
+# (prepared), BENCH_SKIP_BUILD=1, and those of tests/bench/lib.sh. GetTenant runs on
+# the suite's MOSAIC_DB_READ_CONNECTIONS (default 4) read connections, while pgbench
+# uses c connections.
 set -euo pipefail
 
 # shellcheck source=tests/bench/lib.sh
@@ -75,10 +77,12 @@ rows=$(bench_psql "$role" -At -f "$four") || bench_die "the pgbench script fails
 bench_say "pgbench script reads the tenant as $role under RLS"
 
 # --- load -------------------------------------------------------------------------------
-declare -A grpc_rps pg4_tps pipe_tps
+declare -A grpc_rps pg4_tps pipe_tps per_message
 for c in "${concurrency[@]}"; do
+  lane_before=$(bench_read_lane_counts)
   bench_h2load "GetTenant c=$c" "$method" "$body" "$BENCH_TENANT_TOKEN" "$c" "$secs"
   grpc_rps[$c]=$BENCH_RPS
+  per_message[$c]=$(bench_reads_per_message "$lane_before" "$(bench_read_lane_counts)")
   bench_pgbench "pgbench 4 statements c=$c" "$role" "$four" simple "$c" "$secs"
   pg4_tps[$c]=$BENCH_TPS
   bench_pgbench "pgbench pipeline c=$c" "$role" "$pipeline" "$pipeline_mode" "$c" "$secs"
@@ -90,13 +94,13 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 # --- report -------------------------------------------------------------------------------
 echo
 echo "GetTenant over gRPC (h2load -t 1 -m 1) vs pgbench as $role, ~${secs}s each:"
-printf '%-4s %14s %16s %18s %13s %15s\n' \
-  "c" "gRPC req/s" "pgbench4 TPS" "pipelined TPS" "grpc/pgbench4" "grpc/pipelined"
+printf '%-4s %14s %16s %18s %13s %15s %14s\n' \
+  "c" "gRPC req/s" "pgbench4 TPS" "pipelined TPS" "grpc/pgbench4" "grpc/pipelined" "reads/message"
 for c in "${concurrency[@]}"; do
-  printf '%-4s %14.0f %16.0f %18.0f %13s %15s\n' "$c" \
+  printf '%-4s %14.0f %16.0f %18.0f %13s %15s %14s\n' "$c" \
     "${grpc_rps[$c]}" "${pg4_tps[$c]}" "${pipe_tps[$c]}" \
     "$(bench_ratio "${grpc_rps[$c]}" "${pg4_tps[$c]}")" \
-    "$(bench_ratio "${grpc_rps[$c]}" "${pipe_tps[$c]}")"
+    "$(bench_ratio "${grpc_rps[$c]}" "${pipe_tps[$c]}")" "${per_message[$c]}"
 done
 echo "pgbench4: BEGIN; SET LOCAL; SELECT; COMMIT as 4 round trips (-M simple); pipelined: the same in one \\startpipeline (-M $pipeline_mode)"
 echo "suite peak RSS (VmHWM): ${peak_rss} MiB"

@@ -336,6 +336,26 @@ for line in sys.stdin:
 ' "$method" >"$out"
 }
 
+# bench_read_lane_counts: prints "READS MESSAGES", the suite's one-message reads
+# sent and the messages they shared (mosaic_db_read_lane_*_total, all services).
+bench_read_lane_counts() {
+  curl -fsS --max-time 5 "http://127.0.0.1:$BENCH_METRICS_PORT/metrics" | python3 -c '
+import sys
+n = {"reads": 0.0, "messages": 0.0}
+for line in sys.stdin:
+    for k in n:
+        if line.startswith(f"mosaic_db_read_lane_{k}_total"):
+            n[k] += float(line.rsplit(None, 1)[1])
+print(int(n["reads"]), int(n["messages"]))
+' || bench_die "could not read metrics from 127.0.0.1:$BENCH_METRICS_PORT/metrics"
+}
+
+# bench_reads_per_message <before> <after>: "READS MESSAGES" pairs in, the average
+# number of reads per message between them out.
+bench_reads_per_message() {
+  python3 -c 'import sys; r0, m0, r1, m1 = map(int, sys.argv[1:]); print(f"{(r1 - r0) / (m1 - m0):.1f}" if m1 > m0 else "n/a")' $1 $2
+}
+
 # bench_metric_delta <before> <after>: sets BENCH_DELTA_TEXT ("CODE=N ..." for codes
 # whose count grew), BENCH_OK_DELTA and BENCH_NOT_OK_DELTA. Call it directly, not in $(...).
 bench_metric_delta() {
