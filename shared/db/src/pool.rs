@@ -113,11 +113,6 @@ impl Database {
         Ok(PlatformTx { tx })
     }
 
-    /// True when a connection answers `SELECT 1` (health probes).
-    pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
-    }
-
     /// Pool gauges: (open connections, idle connections, maximum).
     pub fn stats(&self) -> (u32, u32, u32) {
         (
@@ -221,8 +216,17 @@ impl mosaic_server::Probe for Database {
         "postgres"
     }
 
-    fn check(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
-        Box::pin(self.ping())
+    fn check(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = mosaic_server::ProbeResult> + Send + '_>>
+    {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

@@ -5,6 +5,10 @@
 //! and NOT_SERVING otherwise. Kubernetes' gRPC readiness probe asks for `""`.
 //! From the shutdown signal on, everything stays NOT_SERVING so load
 //! balancers stop routing here while calls drain.
+//!
+//! [`LIVENESS`] is SERVING for as long as the process answers, whatever the
+//! probes say: Kubernetes' liveness probe asks for it, so that a database
+//! outage takes pods out of rotation without restarting every one of them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,12 +25,18 @@ use tonic_health::server::{HealthReporter, HealthService};
 /// How long one probe may take before it counts as failed.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The health service name that only says the process is alive.
+pub const LIVENESS: &str = "liveness";
+
+/// What a probe found wrong, for the log (never sent to clients).
+pub type ProbeResult = Result<(), String>;
+
 /// A dependency check, e.g. "the database answers `SELECT 1`".
 pub trait Probe: Send + Sync + 'static {
     /// A short name for logs, e.g. `postgres`.
     fn name(&self) -> &str;
-    /// `true` when the dependency is usable.
-    fn check(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+    /// `Ok` when the dependency is usable, otherwise why not.
+    fn check(&self) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + '_>>;
 }
 
 /// The health of this server. Clones share state.
@@ -65,6 +75,9 @@ impl Health {
                 .set_service_status(name, ServingStatus::NotServing)
                 .now_or_never();
         }
+        let _ = reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .now_or_never();
         Self {
             reporter,
             services,
@@ -72,7 +85,7 @@ impl Health {
         }
     }
 
-    /// The listed service names (without `""`).
+    /// The listed service names (without `""` and [`LIVENESS`]).
     pub fn services(&self) -> impl Iterator<Item = &str> {
         self.services
             .iter()
@@ -145,9 +158,9 @@ impl Health {
 async fn check_all(probes: &[Arc<dyn Probe>]) -> bool {
     let results = futures::future::join_all(probes.iter().map(|p| async move {
         match tokio::time::timeout(PROBE_TIMEOUT, p.check()).await {
-            Ok(true) => true,
-            Ok(false) => {
-                tracing::warn!(probe = p.name(), "health probe failed");
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::warn!(probe = p.name(), %error, "health probe failed");
                 false
             }
             Err(_) => {
@@ -178,8 +191,9 @@ mod tests {
         fn name(&self) -> &str {
             "flag"
         }
-        fn check(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
-            Box::pin(async move { self.0.load(Ordering::SeqCst) })
+        fn check(&self) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + '_>> {
+            let ok = self.0.load(Ordering::SeqCst);
+            Box::pin(async move { if ok { Ok(()) } else { Err("flag down".into()) } })
         }
     }
 
@@ -189,7 +203,7 @@ mod tests {
         fn name(&self) -> &str {
             "hangs"
         }
-        fn check(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        fn check(&self) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + '_>> {
             Box::pin(std::future::pending())
         }
     }
@@ -236,5 +250,16 @@ mod tests {
         health.set_serving(true).await;
         assert_eq!(status(&health, "").await, Wire::NotServing);
         assert_eq!(status(&health, "a.v1.A").await, Wire::NotServing);
+    }
+
+    #[tokio::test]
+    async fn liveness_ignores_probes_and_shutdown() {
+        let health = Health::new(&["a.v1.A"]);
+        assert_eq!(status(&health, LIVENESS).await, Wire::Serving);
+        health.set_serving(false).await;
+        assert_eq!(status(&health, LIVENESS).await, Wire::Serving);
+        health.shut_down().await;
+        assert_eq!(status(&health, LIVENESS).await, Wire::Serving);
+        assert_eq!(health.services().collect::<Vec<_>>(), ["a.v1.A"]);
     }
 }

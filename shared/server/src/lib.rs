@@ -29,7 +29,7 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use config::{ConfigError, ServerConfig, env_opt, env_parse, env_string};
-pub use health::{Health, Probe};
+pub use health::{Health, LIVENESS, Probe, ProbeResult};
 pub use metrics::{GaugeFn, Metrics, serve_metrics};
 pub use metrics_layer::MetricsLayer;
 pub use serve::{PUBLIC_PREFIXES, ServeOptions, serve};

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use mosaic_proto::identity::token_service_client::TokenServiceClient;
 use mosaic_proto::identity::token_service_server::{TokenService, TokenServiceServer};
 use mosaic_proto::identity::{ExchangeApiKeyRequest, ExchangeApiKeyResponse};
-use mosaic_server::{Health, Metrics, Probe, ServeOptions, ServerConfig, Shutdown, serve};
+use mosaic_server::{
+    Health, Metrics, Probe, ProbeResult, ServeOptions, ServerConfig, Shutdown, serve,
+};
 use mosaic_tenant::{AuthConfig, Claims, KeyMaterial, TokenSigner, TokenVerifier};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -56,8 +58,9 @@ impl Probe for Flag {
     fn name(&self) -> &str {
         "flag"
     }
-    fn check(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
-        Box::pin(async move { self.0.load(Ordering::SeqCst) })
+    fn check(&self) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + '_>> {
+        let ok = self.0.load(Ordering::SeqCst);
+        Box::pin(async move { if ok { Ok(()) } else { Err("flag down".into()) } })
     }
 }
 
