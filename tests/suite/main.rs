@@ -24,6 +24,7 @@ mod identity_members;
 mod identity_tenants;
 mod migrate;
 mod propagation;
+mod purge;
 mod rate_limit;
 mod read_lane;
 mod shutdown;

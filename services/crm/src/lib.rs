@@ -34,6 +34,7 @@ pub mod contacts;
 pub mod deals;
 mod fields;
 mod lifecycle;
+pub mod purge;
 pub mod scores;
 pub mod signals;
 

@@ -16,7 +16,7 @@ use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
 /// How soft-deleted rows are described: eligible for purging this long after
-/// `deleted_at` (the purge itself is an operator job).
+/// `deleted_at`, when [`crate::purge`] removes them.
 pub const RETENTION: chrono::Duration = chrono::Duration::days(30);
 
 /// A soft-deletable table and how its errors read.

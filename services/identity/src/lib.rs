@@ -20,6 +20,7 @@ use mosaic_tenant::{AuthConfig, TokenSigner};
 pub mod api_keys;
 pub mod audit;
 pub mod members;
+pub mod purge;
 pub mod tenants;
 pub mod tokens;
 

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::names;
 
 /// The idempotency scope of platform operations that precede any tenant.
-const PLATFORM_SCOPE: Uuid = Uuid::nil();
+pub const PLATFORM_SCOPE: Uuid = Uuid::nil();
 const MAX_SETTINGS_BYTES: usize = 16 * 1024;
 const MAX_NAME: usize = 200;
 

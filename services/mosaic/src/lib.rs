@@ -113,6 +113,60 @@ pub async fn run(
     result
 }
 
+/// What one `mosaic purge` removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub tenants: u64,
+    pub crm: mosaic_crm::purge::Purged,
+    pub identity_requests: u64,
+}
+
+/// Tenants listed per page while purging.
+const PURGE_PAGE: i64 = 500;
+
+/// Walks every tenant and removes what expired by `now`: crm's soft-deleted
+/// companies, contacts and deals past their retention, and both services'
+/// old `request_id` claims (see `mosaic_crm::purge`). Connects as the
+/// runtime roles, so RLS fences each tenant's purge like any request. Safe to
+/// run twice at once (each delete takes only rows still there).
+pub async fn purge(
+    identity: &DbConfig,
+    crm: &DbConfig,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<PurgeReport> {
+    let identity_db = Database::connect_lazy(identity, "mosaic-purge")?
+        .with_platform_role(mosaic_identity::PLATFORM_ROLE);
+    let crm_db = Database::connect_lazy(crm, "mosaic-purge")?;
+    let mut report = PurgeReport::default();
+    let platform = mosaic_identity::purge::PLATFORM_SCOPE;
+    report.identity_requests += mosaic_identity::purge::purge_tenant(&identity_db, platform, now)
+        .await
+        .map_err(|e| anyhow::anyhow!("purging platform request ids: {e}"))?;
+    let mut after = None;
+    loop {
+        let ids = mosaic_identity::purge::tenant_ids(&identity_db, after, PURGE_PAGE)
+            .await
+            .map_err(|e| anyhow::anyhow!("listing tenants: {e}"))?;
+        for &tenant in &ids {
+            report.crm += mosaic_crm::purge::purge_tenant(&crm_db, tenant, now)
+                .await
+                .map_err(|e| anyhow::anyhow!("purging crm of tenant {tenant}: {e}"))?;
+            report.identity_requests +=
+                mosaic_identity::purge::purge_tenant(&identity_db, tenant, now)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("purging identity of tenant {tenant}: {e}"))?;
+            report.tenants += 1;
+        }
+        if ids.len() < PURGE_PAGE as usize {
+            break;
+        }
+        after = ids.last().copied();
+    }
+    identity_db.close().await;
+    crm_db.close().await;
+    Ok(report)
+}
+
 /// `MOSAIC_ADMIN_DATABASE_URL`: a login that may create roles and databases.
 pub fn admin_url() -> String {
     std::env::var("MOSAIC_ADMIN_DATABASE_URL").unwrap_or_else(|_| {

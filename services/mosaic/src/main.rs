@@ -3,6 +3,7 @@
 //! ```text
 //! mosaic serve
 //! mosaic migrate
+//! mosaic purge
 //! mosaic token [--tenant UUID] [--sub PRINCIPAL] [--role ROLE]... [--ttl SECONDS]
 //! ```
 
@@ -15,7 +16,7 @@ use mosaic_server::{Shutdown, init_logging, sigterm_or_ctrl_c};
 use mosaic_tenant::{Claims, TokenSigner};
 use uuid::Uuid;
 
-const USAGE: &str = "usage: mosaic serve | mosaic migrate | mosaic token [--tenant UUID] [--sub PRINCIPAL] [--role ROLE]... [--ttl SECONDS]";
+const USAGE: &str = "usage: mosaic serve | mosaic migrate | mosaic purge | mosaic token [--tenant UUID] [--sub PRINCIPAL] [--role ROLE]... [--ttl SECONDS]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -37,6 +38,26 @@ async fn main() -> anyhow::Result<()> {
             ];
             let applied = migrate(&mosaic::admin_url(), &services).await?;
             tracing::info!(applied = applied.len(), "database is up to date");
+            Ok(())
+        }
+        Some("purge") => {
+            let config = mosaic_server::ServerConfig::from_env()?;
+            init_logging(&config.log_filter, config.log_json)?;
+            let report = mosaic::purge(
+                &DbConfig::from_env("identity").map_err(anyhow::Error::msg)?,
+                &DbConfig::from_env("crm").map_err(anyhow::Error::msg)?,
+                chrono::Utc::now(),
+            )
+            .await?;
+            tracing::info!(
+                tenants = report.tenants,
+                deals = report.crm.deals,
+                contacts = report.crm.contacts,
+                companies = report.crm.companies,
+                crm_request_ids = report.crm.requests,
+                identity_request_ids = report.identity_requests,
+                "purge done"
+            );
             Ok(())
         }
         Some("token") => token(&args[1..]),

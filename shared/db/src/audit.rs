@@ -47,6 +47,44 @@ impl TenantTx {
     }
 }
 
+impl TenantTx {
+    /// Records the same mutation of many resources, one event each, in one
+    /// statement (batch operations, the purge).
+    pub async fn audit_many(
+        &mut self,
+        action: &str,
+        resource_type: &str,
+        resource_ids: &[Uuid],
+        details: serde_json::Value,
+    ) -> ApiResult<()> {
+        if resource_ids.is_empty() {
+            return Ok(());
+        }
+        let tenant = self.tenant_id();
+        let actor = self.ctx().principal().to_owned();
+        let request_id = self.ctx().request_id().to_owned();
+        let event_ids: Vec<Uuid> = resource_ids.iter().map(|_| Uuid::now_v7()).collect();
+        let resource_ids: Vec<String> = resource_ids.iter().map(Uuid::to_string).collect();
+        sqlx::query(
+            "INSERT INTO audit_events \
+             (tenant_id, event_id, actor, action, resource_type, resource_id, request_id, details) \
+             SELECT $1, e, $3, $4, $5, r, $6, $7 FROM unnest($2::uuid[], $8::text[]) AS u(e, r)",
+        )
+        .bind(tenant)
+        .bind(event_ids)
+        .bind(actor)
+        .bind(action)
+        .bind(resource_type)
+        .bind(request_id)
+        .bind(details)
+        .bind(resource_ids)
+        .execute(self.conn())
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct Row {
     tenant_id: Uuid,

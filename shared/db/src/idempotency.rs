@@ -4,7 +4,12 @@
 //! response back; a concurrent retry waits on the claim's row lock until the
 //! first commits (or rolls back, and then proceeds itself). The same id with a
 //! different request is INVALID_ARGUMENT.
+//!
+//! A claim is kept at least [`REQUEST_RETENTION`]; the purge
+//! ([`TenantTx::expire_requests`]) removes older ones, after which the same
+//! `request_id` counts as new.
 
+use chrono::{DateTime, Utc};
 use mosaic_api::{ApiError, ApiResult};
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -12,6 +17,9 @@ use uuid::Uuid;
 
 use crate::error::db_error;
 use crate::pool::TenantTx;
+
+/// How long a `request_id` is remembered: retries within it get the first response.
+pub const REQUEST_RETENTION: chrono::Duration = chrono::Duration::days(7);
 
 /// What the caller should do after [`TenantTx::claim_request`].
 #[derive(Debug)]
@@ -99,5 +107,17 @@ impl TenantTx {
             ));
         }
         Ok(())
+    }
+
+    /// Forgets this tenant's `request_id`s claimed before `before` (the purge).
+    pub async fn expire_requests(&mut self, before: DateTime<Utc>) -> ApiResult<u64> {
+        let tenant = self.tenant_id();
+        sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND created_at < $2")
+            .bind(tenant)
+            .bind(before)
+            .execute(self.conn())
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(db_error)
     }
 }

@@ -215,4 +215,19 @@ impl TenantContext {
             None,
         )
     }
+
+    /// Like [`TenantContext::system`], as a platform admin of no tenant, for
+    /// operator jobs that walk every tenant (the purge lists them).
+    pub fn system_platform(principal: &str) -> Self {
+        Self::new(
+            None,
+            format!("system:{principal}"),
+            None,
+            true,
+            Uuid::now_v7().to_string(),
+            crate::trace::new_traceparent(),
+            String::new(),
+            None,
+        )
+    }
 }

@@ -1,0 +1,40 @@
+//! identity's part of the purge (`mosaic purge`): the list of every tenant,
+//! which the purge walks, and the removal of `request_id` claims older than
+//! [`REQUEST_RETENTION`]. Soft-deleted tenants themselves are not purged:
+//! removing a tenant means removing its data in every service, which no job
+//! does yet.
+
+use chrono::{DateTime, Utc};
+use mosaic_api::ApiResult;
+use mosaic_db::idempotency::REQUEST_RETENTION;
+use mosaic_db::{Database, TenantContext, db_error};
+use uuid::Uuid;
+
+/// Where platform operations (CreateTenant) keep their `request_id` claims.
+pub use crate::tenants::PLATFORM_SCOPE;
+
+/// Up to `limit` tenant ids after `after`, deleted ones included, in id
+/// order (the platform read path).
+pub async fn tenant_ids(db: &Database, after: Option<Uuid>, limit: i64) -> ApiResult<Vec<Uuid>> {
+    let ctx = TenantContext::system_platform("purge");
+    let mut tx = db.begin_platform(&ctx).await?;
+    let ids = sqlx::query_scalar(
+        "SELECT tenant_id FROM tenants WHERE ($1::uuid IS NULL OR tenant_id > $1) \
+         ORDER BY tenant_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(tx.conn())
+    .await
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(ids)
+}
+
+/// Forgets `tenant`'s `request_id` claims older than the retention; returns how many.
+pub async fn purge_tenant(db: &Database, tenant: Uuid, now: DateTime<Utc>) -> ApiResult<u64> {
+    let mut tx = db.begin(&TenantContext::system(tenant, "purge")).await?;
+    let n = tx.expire_requests(now - REQUEST_RETENTION).await?;
+    tx.commit().await?;
+    Ok(n)
+}
