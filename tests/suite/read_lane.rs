@@ -201,3 +201,42 @@ async fn more_distinct_selects_than_a_connection_keeps_prepared() {
     }
     db.close().await;
 }
+
+/// Transactions come from the pool, which does not ping on acquire: after its
+/// connections die (a database restart), `begin` moves on to a live one
+/// instead of failing the call.
+#[tokio::test]
+async fn transactions_survive_killed_pool_connections() {
+    let t = app().new_tenant().await;
+    let name = format!("pool-test-{}", Uuid::new_v4().simple());
+    let db = Database::connect_lazy(&DbConfig::from_env("identity").unwrap(), &name).unwrap();
+    let ctx = TenantContext::system(t.id, "pool-test");
+    let read = || async {
+        let mut tx = db.begin(&ctx).await?;
+        let id: Uuid = sqlx::query_scalar("SELECT tenant_id FROM tenants")
+            .fetch_one(tx.conn())
+            .await
+            .map_err(mosaic_db::db_error)?;
+        tx.commit().await?;
+        Ok::<_, mosaic_api::ApiError>(id)
+    };
+    // Open a few pooled connections at once, then kill them all while idle.
+    for id in join_all((0..4).map(|_| read())).await {
+        assert_eq!(id.unwrap(), t.id);
+    }
+    let mut admin = app().admin_db().await;
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1) k",
+    )
+    .bind(&name)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(killed >= 2, "{killed} pooled connections");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for id in join_all((0..4).map(|_| read())).await {
+        assert_eq!(id.unwrap(), t.id, "a dead connection failed the call");
+    }
+    db.close().await;
+}

@@ -101,3 +101,15 @@ pub fn db_error_with(e: sqlx::Error, constraints: &[Constraint]) -> ApiError {
     }
     ApiError::internal(format_args!("database: {e}"))
 }
+
+/// The connection is gone: an I/O error, or the server ending the session
+/// (SQLSTATE class 08, or 57P01..57P03: terminated, crash, not accepting).
+pub(crate) fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}

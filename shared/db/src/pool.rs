@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::config::DbConfig;
-use crate::error::db_error;
+use crate::error::{connection_lost, db_error};
 use crate::read_lane::ReadLane;
 
 /// A service's connection pool, logged in as the service's runtime role.
@@ -64,12 +64,27 @@ impl Database {
         let tenant = ctx.tenant_id()?;
         // `tenant` is a Uuid: its text form is hex and dashes, safe to inline.
         let sql = format!("BEGIN; SET LOCAL mosaic.tenant_id = '{tenant}'");
-        let tx = self.pool.begin_with(sql).await.map_err(db_error)?;
+        let tx = self.begin_with(&sql).await.map_err(db_error)?;
         Ok(TenantTx {
             tx,
             ctx: ctx.clone(),
             tenant,
         })
+    }
+
+    /// Opens a transaction with `sql`. The pool does not ping connections on
+    /// acquire, so after a database restart its idle connections are dead:
+    /// `BEGIN` is the first thing sent on one, and nothing has happened yet
+    /// when it fails, so it is retried on the next connection (a dead one
+    /// fails at once), up to the pool's size.
+    async fn begin_with(&self, sql: &str) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let mut attempts = self.max_connections;
+        loop {
+            match self.pool.begin_with(sql.to_owned()).await {
+                Err(e) if attempts > 0 && connection_lost(&e) => attempts -= 1,
+                other => return other,
+            }
+        }
     }
 
     /// A read in at most one round trip, for the hottest lookups: `sql` runs
@@ -109,7 +124,7 @@ impl Database {
             .platform_role
             .ok_or_else(|| ApiError::internal("platform role not configured"))?;
         let sql = format!("BEGIN READ ONLY; SET LOCAL ROLE {role}");
-        let tx = self.pool.begin_with(sql).await.map_err(db_error)?;
+        let tx = self.begin_with(&sql).await.map_err(db_error)?;
         Ok(PlatformTx { tx })
     }
 

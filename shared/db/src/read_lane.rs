@@ -44,6 +44,8 @@ use sqlx::{ConnectOptions, Either, PgConnection};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::error::connection_lost;
+
 /// Most reads sent in one message.
 pub(crate) const MAX_BATCH: usize = 32;
 
@@ -420,18 +422,6 @@ fn copy_error(err: &sqlx::Error) -> sqlx::Error {
 fn stale(e: &sqlx::Error) -> bool {
     connection_lost(e)
         || matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("0A000"))
-}
-
-/// The connection is gone: an I/O error, or the server ending the session
-/// (SQLSTATE class 08, or 57P01..57P03: terminated, crash, not accepting).
-fn connection_lost(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-        _ => false,
-    }
 }
 
 /// A task sending batches until the queue is empty. If it ends any other
