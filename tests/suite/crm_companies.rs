@@ -489,6 +489,14 @@ async fn batch_upsert_creates_then_updates_by_external_id() {
     assert_eq!(reply.companies[0].display_name, "Co 0 v2");
     assert_ne!(reply.companies[0].etag, first.companies[0].etag);
     assert_eq!(t.count("companies").await, 400);
+    assert_eq!(
+        t.audit_counts().await,
+        [
+            ("company.create".into(), 400),
+            ("company.update".into(), 150)
+        ],
+        "one audit event per company"
+    );
 
     // A domain held by a company outside the batch's keys is named.
     let held = first.companies[5].domain.clone();
@@ -504,6 +512,7 @@ async fn batch_upsert_creates_then_updates_by_external_id() {
     assert_error(&clash, Code::AlreadyExists, "COMPANY_DOMAIN_TAKEN");
     assert_eq!(bad_fields(&clash), ["companies[1].domain"]);
     assert_eq!(t.count("companies").await, 400, "all or nothing");
+    assert_eq!(t.count("audit_events").await, 550);
 }
 
 #[tokio::test]

@@ -65,6 +65,16 @@ async fn upsert_then_get() {
         ),
         (0, 1, 1)
     );
+    // One event per score written (the stale one changed nothing), besides
+    // the two companies' own.
+    assert_eq!(
+        t.audit_counts().await,
+        [
+            ("company.create".into(), 2),
+            ("score.create".into(), 2),
+            ("score.update".into(), 1)
+        ]
+    );
     let got_a = scores()
         .get_score(t.as_role(
             "viewer",

@@ -114,6 +114,21 @@ impl CrmTenant {
     }
 }
 
+impl CrmTenant {
+    /// Audit events of this tenant by action, counted behind the API.
+    pub async fn audit_counts(&self) -> Vec<(String, i64)> {
+        let mut db = app().admin_db().await;
+        sqlx::query_as(
+            "SELECT action, count(*) FROM crm.audit_events WHERE tenant_id = $1 \
+             GROUP BY action ORDER BY action",
+        )
+        .bind(self.id)
+        .fetch_all(&mut db)
+        .await
+        .expect("audit counts")
+    }
+}
+
 /// A connection as the crm runtime role (RLS applies).
 pub async fn crm_role_db() -> PgConnection {
     let url = DbConfig::from_env("crm").expect("config").url;

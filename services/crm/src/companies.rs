@@ -302,15 +302,23 @@ impl CompanyService for Companies {
             }
         }
         let rows = storage::upsert_batch(&mut tx, &batch).await?;
-        let created = rows.iter().filter(|(_, created)| *created).count();
-        let updated = rows.len() - created;
-        tx.audit(
-            "company.batch_upsert",
-            "company",
-            "batch",
-            serde_json::json!({ "created": created, "updated": updated }),
-        )
-        .await?;
+        // One event per company, as a single create or update would write.
+        let created: Vec<Uuid> = rows
+            .iter()
+            .filter(|r| r.1)
+            .map(|r| r.0.company_id)
+            .collect();
+        let updated: Vec<Uuid> = rows
+            .iter()
+            .filter(|r| !r.1)
+            .map(|r| r.0.company_id)
+            .collect();
+        let details = serde_json::json!({ "via": "batch_upsert" });
+        tx.audit_many("company.create", "company", &created, details.clone())
+            .await?;
+        tx.audit_many("company.update", "company", &updated, details)
+            .await?;
+        let (created, updated) = (created.len(), updated.len());
         tx.commit().await?;
 
         // Back to request order: every entry has a distinct external_id.

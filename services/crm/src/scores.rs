@@ -110,16 +110,24 @@ impl ScoreService for Scores {
                 .into());
         }
         let written = storage::upsert(&mut tx, &batch).await?;
-        let created = written.iter().filter(|(_, created)| *created).count();
-        let updated = written.len() - created;
+        // One event per score written, under its company's id (a score has no
+        // other); stale entries changed nothing.
+        let created: Vec<Uuid> = written
+            .iter()
+            .filter(|r| r.1)
+            .map(|r| r.0.company_id)
+            .collect();
+        let updated: Vec<Uuid> = written
+            .iter()
+            .filter(|r| !r.1)
+            .map(|r| r.0.company_id)
+            .collect();
+        tx.audit_many("score.create", "score", &created, serde_json::json!({}))
+            .await?;
+        tx.audit_many("score.update", "score", &updated, serde_json::json!({}))
+            .await?;
+        let (created, updated) = (created.len(), updated.len());
         let stale = batch.len() - written.len();
-        tx.audit(
-            "score.upsert",
-            "score",
-            "batch",
-            serde_json::json!({ "created": created, "updated": updated, "stale": stale }),
-        )
-        .await?;
         tx.commit().await?;
 
         let mut by_company: HashMap<Uuid, Score> = written
