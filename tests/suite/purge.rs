@@ -54,6 +54,22 @@ async fn delete_contact(t: &CrmTenant, id: &str) {
         .expect("delete contact");
 }
 
+async fn deal_on(t: &CrmTenant, company_id: &str) -> Deal {
+    deals()
+        .create_deal(t.req(CreateDealRequest {
+            deal: Some(Deal {
+                company_id: company_id.into(),
+                display_name: "Deal".into(),
+                currency_code: "EUR".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        }))
+        .await
+        .expect("create deal")
+        .into_inner()
+}
+
 #[tokio::test]
 async fn purges_what_expired_keeps_the_rest_and_other_tenants() {
     let (a, b) = (CrmTenant::new(), CrmTenant::new());
@@ -64,31 +80,8 @@ async fn purges_what_expired_keeps_the_rest_and_other_tenants() {
     let gone_co = a.company("Gone").await;
     let pinned_co = a.company("Pinned").await;
     let old_ct = a.contact(&email("old")).await;
-    let old_deal = deals()
-        .create_deal(a.req(CreateDealRequest {
-            deal: Some(Deal {
-                company_id: gone_co.company_id.clone(),
-                display_name: "Old".into(),
-                currency_code: "EUR".into(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    deals()
-        .create_deal(a.req(CreateDealRequest {
-            deal: Some(Deal {
-                company_id: pinned_co.company_id.clone(),
-                display_name: "Live".into(),
-                currency_code: "EUR".into(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        }))
-        .await
-        .unwrap();
+    let old_deal = deal_on(&a, &gone_co.company_id).await;
+    deal_on(&a, &pinned_co.company_id).await;
     deals()
         .delete_deal(a.req(DeleteDealRequest {
             deal_id: old_deal.deal_id.clone(),
