@@ -622,6 +622,11 @@ async fn deleting_a_contact_clears_deal_references_not_deals() {
     assert_eq!(after.contact_ids, std::slice::from_ref(&other.contact_id));
     assert!(after.delete_time.is_none(), "the deal stays");
     assert_ne!(after.etag, before.etag);
+    assert_eq!(
+        t.audited("deal.update").await,
+        std::slice::from_ref(&deal.deal_id),
+        "the deal's change is audited"
+    );
 }
 
 #[tokio::test]

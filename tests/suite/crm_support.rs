@@ -127,6 +127,20 @@ impl CrmTenant {
         .await
         .expect("audit counts")
     }
+
+    /// The resource ids of this tenant's audit events with `action`, oldest first.
+    pub async fn audited(&self, action: &str) -> Vec<String> {
+        let mut db = app().admin_db().await;
+        sqlx::query_scalar(
+            "SELECT resource_id FROM crm.audit_events WHERE tenant_id = $1 AND action = $2 \
+             ORDER BY event_id",
+        )
+        .bind(self.id)
+        .bind(action)
+        .fetch_all(&mut db)
+        .await
+        .expect("audited")
+    }
 }
 
 /// A connection as the crm runtime role (RLS applies).

@@ -401,7 +401,14 @@ impl ContactService for Contacts {
                 "contact.delete",
                 "contact",
                 id,
-                serde_json::json!({ "deals_updated": deals }),
+                serde_json::json!({ "deals_updated": deals.len() }),
+            )
+            .await?;
+            tx.audit_many(
+                "deal.update",
+                "deal",
+                &deals,
+                serde_json::json!({ "via": "contact.delete", "contact_id": id }),
             )
             .await?;
         }

@@ -416,12 +416,14 @@ fn copy_error(err: &sqlx::Error) -> sqlx::Error {
     }
 }
 
-/// The connection must be replaced: it is gone, or a prepared SELECT's
-/// result changed under it (SQLSTATE 0A000, "cached plan must not change
-/// result type", after a migration).
+/// The connection must be replaced: it is gone, a prepared SELECT's result
+/// changed under it (SQLSTATE 0A000, "cached plan must not change result
+/// type", after a migration), or its prepared SELECTs are gone (26000, after
+/// a `DEALLOCATE` or `DISCARD` by someone else).
 fn stale(e: &sqlx::Error) -> bool {
     connection_lost(e)
-        || matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("0A000"))
+        || matches!(e, sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("0A000" | "26000")))
 }
 
 /// A task sending batches until the queue is empty. If it ends any other

@@ -174,25 +174,24 @@ pub async fn list_page(
 
 /// After a soft delete: clears `primary_contact_id` on the contact's deals
 /// and removes its deal links, bumping each touched deal's revision (its
-/// etag changes with its contacts). Returns how many deals changed.
+/// etag changes with its contacts). Returns the deals that changed.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn detach_from_deals(tx: &mut TenantTx, contact: Uuid) -> ApiResult<i64> {
+pub async fn detach_from_deals(tx: &mut TenantTx, contact: Uuid) -> ApiResult<Vec<Uuid>> {
     let tenant = tx.tenant_id();
     sqlx::query_scalar(
         "WITH unlinked AS ( \
              DELETE FROM deal_contacts WHERE tenant_id = $1 AND contact_id = $2 RETURNING deal_id \
-         ), touched AS ( \
-             UPDATE deals SET \
-                 primary_contact_id = CASE WHEN primary_contact_id = $2 THEN NULL ELSE primary_contact_id END, \
-                 revision = revision + 1, updated_at = now() \
-             WHERE tenant_id = $1 \
-               AND (primary_contact_id = $2 OR deal_id IN (SELECT deal_id FROM unlinked)) \
-             RETURNING 1 \
-         ) SELECT count(*) FROM touched",
+         ) \
+         UPDATE deals SET \
+             primary_contact_id = CASE WHEN primary_contact_id = $2 THEN NULL ELSE primary_contact_id END, \
+             revision = revision + 1, updated_at = now() \
+         WHERE tenant_id = $1 \
+           AND (primary_contact_id = $2 OR deal_id IN (SELECT deal_id FROM unlinked)) \
+         RETURNING deal_id",
     )
     .bind(tenant)
     .bind(contact)
-    .fetch_one(tx.conn())
+    .fetch_all(tx.conn())
     .await
     .map_err(db_error)
 }
