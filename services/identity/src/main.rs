@@ -10,6 +10,9 @@ use mosaic_server::{
 };
 use mosaic_tenant::{TokenSigner, TokenVerifier};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = ServerConfig::from_env()?;

@@ -18,6 +18,9 @@ use uuid::Uuid;
 
 const USAGE: &str = "usage: mosaic serve | mosaic migrate | mosaic purge | mosaic token [--tenant UUID] [--sub PRINCIPAL] [--role ROLE]... [--ttl SECONDS]";
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
