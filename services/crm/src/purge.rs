@@ -2,8 +2,8 @@
 //! deals go [`RETENTION`] after `deleted_at`, `request_id` claims after
 //! [`REQUEST_RETENTION`]. Run by `mosaic purge` (an operator job, daily),
 //! one tenant at a time through the runtime role and RLS like any request,
-//! in transactions of at most [`BATCH`] rows, each purged resource with an
-//! audit event (`<kind>.purge`).
+//! in transactions of at most [`BATCH`] rows per table, each purged resource
+//! with an audit event (`<kind>.purge`).
 //!
 //! What goes with a purged row is what its foreign keys say (see
 //! `migrations/crm/0002_resources.sql`): a contact takes its deal links and
@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 pub use crate::lifecycle::RETENTION;
 
-/// Most rows removed in one transaction.
+/// Most rows of one table removed in one transaction.
 pub const BATCH: i64 = 1000;
 
 /// What one purge removed.
@@ -54,26 +54,30 @@ const TABLES: [(&str, &str, &str, &str); 3] = [
     ),
 ];
 
-/// Purges `tenant`'s rows that expired by `now`.
+/// Purges `tenant`'s rows that expired by `now`: one transaction takes up to
+/// [`BATCH`] rows of each table (deals first, so a company they pinned can go
+/// in the same transaction) and the old request ids; another follows only
+/// while a table had more.
 pub async fn purge_tenant(db: &Database, tenant: Uuid, now: DateTime<Utc>) -> ApiResult<Purged> {
     let ctx = TenantContext::system(tenant, "purge");
     let mut counts = [0u64; TABLES.len()];
-    for ((table, id, kind, extra), count) in TABLES.into_iter().zip(&mut counts) {
-        let sql = format!(
-            "DELETE FROM {table} WHERE tenant_id = $1 AND {id} IN \
-             (SELECT t.{id} FROM {table} t \
-              WHERE t.tenant_id = $1 AND t.deleted_at < $2{extra} LIMIT $3) \
-             RETURNING {id}"
-        );
-        loop {
-            let mut tx = db.begin(&ctx).await?;
-            let ids: Vec<Uuid> = sqlx::query_scalar(&sql)
-                .bind(tenant)
-                .bind(now - RETENTION)
-                .bind(BATCH)
-                .fetch_all(tx.conn())
-                .await
-                .map_err(db_error)?;
+    let mut requests = 0;
+    loop {
+        let mut tx = db.begin(&ctx).await?;
+        let mut more = false;
+        for ((table, id, kind, extra), count) in TABLES.into_iter().zip(&mut counts) {
+            let ids: Vec<Uuid> = sqlx::query_scalar(&format!(
+                "DELETE FROM {table} WHERE tenant_id = $1 AND {id} IN \
+                 (SELECT t.{id} FROM {table} t \
+                  WHERE t.tenant_id = $1 AND t.deleted_at < $2{extra} LIMIT $3) \
+                 RETURNING {id}"
+            ))
+            .bind(tenant)
+            .bind(now - RETENTION)
+            .bind(BATCH)
+            .fetch_all(tx.conn())
+            .await
+            .map_err(db_error)?;
             tx.audit_many(
                 &format!("{kind}.purge"),
                 kind,
@@ -81,16 +85,15 @@ pub async fn purge_tenant(db: &Database, tenant: Uuid, now: DateTime<Utc>) -> Ap
                 json!({ "retention_days": RETENTION.num_days() }),
             )
             .await?;
-            tx.commit().await?;
             *count += ids.len() as u64;
-            if ids.len() < BATCH as usize {
-                break;
-            }
+            more |= ids.len() == BATCH as usize;
+        }
+        requests += tx.expire_requests(now - REQUEST_RETENTION).await?;
+        tx.commit().await?;
+        if !more {
+            break;
         }
     }
-    let mut tx = db.begin(&ctx).await?;
-    let requests = tx.expire_requests(now - REQUEST_RETENTION).await?;
-    tx.commit().await?;
     let [deals, contacts, companies] = counts;
     Ok(Purged {
         deals,
