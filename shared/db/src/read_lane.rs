@@ -47,7 +47,7 @@ use uuid::Uuid;
 use crate::error::connection_lost;
 
 /// Most reads sent in one message.
-pub(crate) const MAX_BATCH: usize = 32;
+const MAX_BATCH: usize = 32;
 
 /// Most SELECTs prepared on one connection; past it they are all deallocated.
 const MAX_PREPARED: usize = 256;
