@@ -2,9 +2,16 @@
 # Validates the Kubernetes manifests against the Kubernetes API schemas, strictly
 # (unknown fields fail), for every version in MOSAIC_K8S_VERSIONS:
 #   1. each manifest file on its own (kustomization.yaml files are kustomize
-#      configuration, not API objects, and are skipped);
-#   2. the base and each overlay as `kubectl kustomize` renders them, which is
-#      exactly what `kubectl apply -k` sends.
+#      configuration, not API objects, and are skipped; so are directories named
+#      transformers, which hold kustomize transformer configs, apiVersion builtin,
+#      that the services' kustomizations run and that are never sent to a cluster);
+#   2. every kustomization (the base, each service, the service template and each
+#      overlay) as `kubectl kustomize` renders it, which for the overlays is
+#      exactly what `kubectl apply -k` sends;
+#   3. that no placeholder of the service template (mosaic-template) is left in
+#      the base or an overlay: a service directory that forgot its component
+#      label or its `transformers:` line would leave mosaic-template names,
+#      labels and selectors behind.
 # Needs .venv from deploy/local/setup.sh (kubernetes-validate, kubectl).
 set -euo pipefail
 
@@ -31,7 +38,7 @@ validate() {
   fi
 }
 
-mapfile -t files < <(find "$k8s" -name '*.yaml' ! -name kustomization.yaml | sort)
+mapfile -t files < <(find "$k8s" -name transformers -prune -o -name '*.yaml' ! -name kustomization.yaml -print | sort)
 validate "${files[@]}"
 
 rendered=$(mktemp -d)
@@ -43,7 +50,15 @@ while IFS= read -r kustomization; do
   out="$rendered/${name//\//-}.yaml"
   "$bin/kubectl" kustomize "$dir" >"$out" || { echo "k8s: kustomize $name failed" >&2; exit 1; }
   validate "$out" || { echo "k8s: rendered $name is invalid" >&2; exit 1; }
+  case $name in
+    base | overlays/*)
+      if grep -nE 'mosaic-template([^-[:alnum:]]|$)' "$out" >&2; then
+        echo "k8s: rendered $name still holds template placeholders (mosaic-template)" >&2
+        exit 1
+      fi
+      ;;
+  esac
   renders=$((renders + 1))
-done < <(find "$k8s" -name kustomization.yaml | sort)
+done < <(find "$k8s" -name transformers -prune -o -name kustomization.yaml -print | sort)
 
 echo "k8s: ${#files[@]} files and $renders kustomize renders valid against ${versions[*]}"
