@@ -2,8 +2,9 @@
 --
 -- Conventions (as in identity): tenant_id leads every primary key, unique
 -- index and foreign key, so no row can point at another tenant's row (FK
--- checks ignore RLS; a composite key makes that harmless); RLS is enabled and
--- forced with the same tenant_isolation policy everywhere. "Unique among live
+-- checks ignore RLS; a composite key makes that harmless); every table is
+-- fenced by mosaic_meta.fence(): ENABLE and FORCE ROW LEVEL SECURITY with the
+-- same tenant_isolation policy everywhere. "Unique among live
 -- rows" is a partial unique index WHERE deleted_at IS NULL, so a soft-deleted
 -- row never blocks a new one and upserts name the same predicate in ON
 -- CONFLICT. Constraint and index names are stable: the service maps them to
@@ -29,11 +30,7 @@ CREATE TABLE companies (
     deleted_at     timestamptz,
     CONSTRAINT companies_pkey PRIMARY KEY (tenant_id, company_id)
 );
-ALTER TABLE companies ENABLE ROW LEVEL SECURITY;
-ALTER TABLE companies FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON companies
-    USING (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid))
-    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid));
+SELECT mosaic_meta.fence('companies');
 CREATE UNIQUE INDEX companies_domain_live ON companies (tenant_id, domain) WHERE deleted_at IS NULL;
 CREATE UNIQUE INDEX companies_external_id_live ON companies (tenant_id, external_id) WHERE deleted_at IS NULL;
 
@@ -61,11 +58,7 @@ CREATE TABLE contacts (
     CONSTRAINT contacts_company_fk FOREIGN KEY (tenant_id, company_id)
         REFERENCES companies (tenant_id, company_id) ON DELETE SET NULL (company_id)
 );
-ALTER TABLE contacts ENABLE ROW LEVEL SECURITY;
-ALTER TABLE contacts FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON contacts
-    USING (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid))
-    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid));
+SELECT mosaic_meta.fence('contacts');
 CREATE UNIQUE INDEX contacts_email_live ON contacts (tenant_id, email) WHERE deleted_at IS NULL;
 CREATE INDEX contacts_company ON contacts (tenant_id, company_id, contact_id) WHERE company_id IS NOT NULL;
 -- GIN indexes cannot lead with tenant_id (no btree_gin here); queries add
@@ -98,11 +91,7 @@ CREATE TABLE deals (
     CONSTRAINT deals_primary_contact_fk FOREIGN KEY (tenant_id, primary_contact_id)
         REFERENCES contacts (tenant_id, contact_id) ON DELETE SET NULL (primary_contact_id)
 );
-ALTER TABLE deals ENABLE ROW LEVEL SECURITY;
-ALTER TABLE deals FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON deals
-    USING (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid))
-    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid));
+SELECT mosaic_meta.fence('deals');
 CREATE INDEX deals_company ON deals (tenant_id, company_id, deal_id);
 CREATE INDEX deals_stage ON deals (tenant_id, stage, deal_id);
 CREATE INDEX deals_primary_contact ON deals (tenant_id, primary_contact_id) WHERE primary_contact_id IS NOT NULL;
@@ -118,11 +107,7 @@ CREATE TABLE deal_contacts (
     CONSTRAINT deal_contacts_contact_fk FOREIGN KEY (tenant_id, contact_id)
         REFERENCES contacts (tenant_id, contact_id) ON DELETE CASCADE
 );
-ALTER TABLE deal_contacts ENABLE ROW LEVEL SECURITY;
-ALTER TABLE deal_contacts FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON deal_contacts
-    USING (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid))
-    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid));
+SELECT mosaic_meta.fence('deal_contacts');
 CREATE INDEX deal_contacts_contact ON deal_contacts (tenant_id, contact_id);
 
 -- Activities are a log: inserted, never updated. A purged subject takes its
@@ -149,11 +134,7 @@ CREATE TABLE activities (
     CONSTRAINT activities_deal_fk FOREIGN KEY (tenant_id, deal_id)
         REFERENCES deals (tenant_id, deal_id) ON DELETE CASCADE
 );
-ALTER TABLE activities ENABLE ROW LEVEL SECURITY;
-ALTER TABLE activities FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON activities
-    USING (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid))
-    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid));
+SELECT mosaic_meta.fence('activities');
 CREATE INDEX activities_time ON activities (tenant_id, occurred_at DESC, activity_id DESC);
 CREATE INDEX activities_company ON activities (tenant_id, company_id, occurred_at DESC, activity_id DESC) WHERE company_id IS NOT NULL;
 CREATE INDEX activities_contact ON activities (tenant_id, contact_id, occurred_at DESC, activity_id DESC) WHERE contact_id IS NOT NULL;
@@ -181,11 +162,7 @@ CREATE TABLE signals (
     CONSTRAINT signals_contact_fk FOREIGN KEY (tenant_id, contact_id)
         REFERENCES contacts (tenant_id, contact_id) ON DELETE SET NULL (contact_id)
 );
-ALTER TABLE signals ENABLE ROW LEVEL SECURITY;
-ALTER TABLE signals FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON signals
-    USING (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid))
-    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid));
+SELECT mosaic_meta.fence('signals');
 CREATE UNIQUE INDEX signals_hash_key ON signals (tenant_id, signal_hash) WHERE signal_hash IS NOT NULL;
 CREATE INDEX signals_company ON signals (tenant_id, company_id, signal_id) WHERE company_id IS NOT NULL;
 CREATE INDEX signals_contact ON signals (tenant_id, contact_id, signal_id) WHERE contact_id IS NOT NULL;
@@ -206,8 +183,4 @@ CREATE TABLE scores (
     CONSTRAINT scores_company_fk FOREIGN KEY (tenant_id, company_id)
         REFERENCES companies (tenant_id, company_id) ON DELETE CASCADE
 );
-ALTER TABLE scores ENABLE ROW LEVEL SECURITY;
-ALTER TABLE scores FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON scores
-    USING (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid))
-    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid));
+SELECT mosaic_meta.fence('scores');

@@ -1,10 +1,12 @@
--- identity: tenants, users, memberships, API keys, audit events, idempotency keys.
+-- identity: tenants, users, memberships, API keys. (audit_events and
+-- idempotency_keys come from the migrator's base, before this file.)
 --
 -- Every tenant table: tenant_id leads the primary key and every unique key and
--- foreign key; RLS is enabled and forced (the owner is fenced too); the policy
--- reads the transaction-local tenant once per statement ((SELECT ...) is an
--- InitPlan), and NULLIF turns the '' a finished SET LOCAL leaves behind into
--- NULL, so "no tenant set" means "no rows", never an error or all rows.
+-- foreign key; mosaic_meta.fence() enables and forces RLS (the owner is fenced
+-- too) with the tenant policy, which reads the transaction-local tenant once
+-- per statement ((SELECT ...) is an InitPlan), and NULLIF turns the '' a
+-- finished SET LOCAL leaves behind into NULL, so "no tenant set" means "no
+-- rows", never an error or all rows.
 
 CREATE TABLE tenants (
     tenant_id    uuid PRIMARY KEY,
@@ -16,11 +18,7 @@ CREATE TABLE tenants (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     deleted_at   timestamptz
 );
-ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
-ALTER TABLE tenants FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tenants
-    USING (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid))
-    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid));
+SELECT mosaic_meta.fence('tenants');
 -- The platform-admin path (ListTenants): a read-only transaction that did
 -- SET LOCAL ROLE mosaic_identity_platform. The runtime role is NOINHERIT, so
 -- this policy never applies to it otherwise.
@@ -50,11 +48,7 @@ CREATE TABLE memberships (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, user_id)
 );
-ALTER TABLE memberships ENABLE ROW LEVEL SECURITY;
-ALTER TABLE memberships FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON memberships
-    USING (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid))
-    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid));
+SELECT mosaic_meta.fence('memberships');
 CREATE INDEX memberships_role ON memberships (tenant_id, role, user_id);
 
 CREATE POLICY visible_through_membership ON users FOR SELECT
@@ -99,46 +93,4 @@ CREATE TABLE api_keys (
     revoked_at    timestamptz,
     PRIMARY KEY (tenant_id, api_key_id)
 );
-ALTER TABLE api_keys ENABLE ROW LEVEL SECURITY;
-ALTER TABLE api_keys FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON api_keys
-    USING (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid))
-    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid));
-
-CREATE TABLE audit_events (
-    tenant_id     uuid NOT NULL,
-    event_id      uuid NOT NULL,
-    actor         text NOT NULL,
-    action        text NOT NULL,
-    resource_type text NOT NULL,
-    resource_id   text NOT NULL,
-    request_id    text NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    details       jsonb NOT NULL DEFAULT '{}',
-    PRIMARY KEY (tenant_id, event_id)
-);
-ALTER TABLE audit_events ENABLE ROW LEVEL SECURITY;
-ALTER TABLE audit_events FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON audit_events
-    USING (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid))
-    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid));
-CREATE INDEX audit_events_resource ON audit_events (tenant_id, resource_type, resource_id, event_id DESC);
--- Audit events are append-only for the service.
-REVOKE UPDATE, DELETE, TRUNCATE ON audit_events FROM mosaic_identity;
-
--- request_id idempotency. tenant_id '00000000-0000-0000-0000-000000000000'
--- is the platform scope (CreateTenant, before the tenant exists).
-CREATE TABLE idempotency_keys (
-    tenant_id    uuid NOT NULL,
-    method       text NOT NULL,
-    request_id   uuid NOT NULL,
-    request_hash bytea NOT NULL,
-    response     bytea,
-    created_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant_id, method, request_id)
-);
-ALTER TABLE idempotency_keys ENABLE ROW LEVEL SECURITY;
-ALTER TABLE idempotency_keys FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON idempotency_keys
-    USING (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid))
-    WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('mosaic.tenant_id', true), '')::uuid));
+SELECT mosaic_meta.fence('api_keys');

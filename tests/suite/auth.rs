@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use mosaic_core::TenantId;
 use mosaic_proto::common::ListAuditEventsRequest;
 use mosaic_proto::identity::{
     AddMemberRequest, GetMemberRequest, GetTenantRequest, Role,
@@ -21,7 +22,7 @@ fn sign(
     config: &AuthConfig,
     key: &KeyMaterial,
     mut edit: impl FnMut(&mut Claims),
-    tenant: Uuid,
+    tenant: TenantId,
 ) -> String {
     let mut claims = Claims::new(
         config,

@@ -446,7 +446,7 @@ async fn batch_upsert_creates_then_updates_by_external_id() {
         .map(|i| {
             company(
                 &format!("Co {i}"),
-                &format!("co{i}-{}.io", t.id.simple()),
+                &format!("co{i}-{}.io", t.id.uuid().simple()),
                 &format!("sf-{i}"),
             )
         })

@@ -530,13 +530,13 @@ async fn paging_is_stable_under_concurrent_inserts() {
     let t = CrmTenant::new();
     let mut before = BTreeSet::new();
     for i in 0..120 {
-        let e = format!("before-{i}-{}@example.com", t.id.simple());
+        let e = format!("before-{i}-{}@example.com", t.id.uuid().simple());
         t.contact(&e).await;
         before.insert(e);
     }
     let writer = tokio::spawn(async move {
         for i in 0..150 {
-            t.contact(&format!("during-{i}-{}@example.com", t.id.simple()))
+            t.contact(&format!("during-{i}-{}@example.com", t.id.uuid().simple()))
                 .await;
         }
     });

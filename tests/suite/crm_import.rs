@@ -14,7 +14,7 @@ use crate::crm_support::{CrmTenant, contacts};
 
 fn row(t: &CrmTenant, i: usize) -> Contact {
     Contact {
-        email: format!("row{i}-{}@import.example.com", t.id.simple()),
+        email: format!("row{i}-{}@import.example.com", t.id.uuid().simple()),
         full_name: format!("Row {i}"),
         tags: vec!["imported".into()],
         ..Default::default()
@@ -117,7 +117,7 @@ async fn ten_thousand_rows_with_a_few_bad_ones() {
 async fn later_rows_overwrite_earlier_ones_and_existing_contacts() {
     let t = CrmTenant::new();
     let existing = t
-        .contact(&format!("old-{}@example.com", t.id.simple()))
+        .contact(&format!("old-{}@example.com", t.id.uuid().simple()))
         .await;
     let rows = vec![
         Contact {

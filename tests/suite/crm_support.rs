@@ -4,7 +4,7 @@
 //! tenant ([`CrmTenant::new`]): crm needs no identity rows, so a token
 //! carrying a fresh tenant id is a fresh, empty tenant.
 
-use mosaic_db::DbConfig;
+use mosaic_core::TenantId;
 use mosaic_proto::crm::{
     Company, Contact, CreateCompanyRequest, CreateContactRequest,
     activity_service_client::ActivityServiceClient, company_service_client::CompanyServiceClient,
@@ -49,13 +49,15 @@ pub fn audit() -> CrmAuditServiceClient<Channel> {
 /// A fresh tenant: a new id nobody has written under.
 #[derive(Debug, Clone, Copy)]
 pub struct CrmTenant {
-    pub id: Uuid,
+    pub id: TenantId,
 }
 
 impl CrmTenant {
     pub fn new() -> Self {
         app();
-        Self { id: Uuid::now_v7() }
+        Self {
+            id: TenantId::new(),
+        }
     }
 
     /// A token of this tenant with `role` and a fresh principal.
@@ -145,8 +147,8 @@ impl CrmTenant {
 
 /// A connection as the crm runtime role (RLS applies).
 pub async fn crm_role_db() -> PgConnection {
-    let url = DbConfig::from_env("crm").expect("config").url;
-    PgConnection::connect(&url)
+    let url = app().db_config("crm").url;
+    PgConnection::connect(url.expose())
         .await
         .expect("crm runtime connection")
 }

@@ -2,20 +2,26 @@
 //!
 //! [`app`] starts the suite once, on its own thread and runtime (so it
 //! outlives every test's runtime), after bootstrapping and migrating the
-//! database. Tests open their own channels with [`App::channel`].
+//! database, through the same code and settings reader production uses
+//! (`mosaic::run` with an [`Env`]). Tests open their own channels with
+//! [`App::channel`].
+//!
+//! `MOSAIC_TEST_LOG=<filter>` (e.g. `info` or `mosaic_db=debug`) shows the
+//! suite's logs in the test output, as text.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use mosaic::SuiteConfig;
+use mosaic_core::Env;
+use mosaic_core::TenantId;
 use mosaic_db::DbConfig;
 use mosaic_proto::identity::{
     CreateTenantRequest, ListMembersRequest, Plan, Tenant,
     member_service_client::MemberServiceClient, tenant_service_client::TenantServiceClient,
 };
-use mosaic_server::{ServerConfig, Shutdown};
-use mosaic_tenant::{AuthConfig, Claims, KeyMaterial, TokenSigner};
+use mosaic_server::Shutdown;
+use mosaic_tenant::{AuthConfig, Claims, TokenSettings, TokenSigner};
 use sqlx::{Connection, PgConnection};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -26,51 +32,53 @@ pub struct App {
     pub addr: SocketAddr,
     pub auth: AuthConfig,
     signer: TokenSigner,
+    /// The settings the suite runs with.
+    pub env: Env,
 }
 
 static APP: OnceLock<App> = OnceLock::new();
 
-/// The test configuration: the local defaults, with a secret made for this run.
-pub fn config() -> SuiteConfig {
+/// The test settings: the process environment (the local defaults), with a
+/// token key made for this run, no rate limits, no metrics port, quick
+/// probes and drains.
+pub fn env() -> Env {
     let secret: String = (0..4)
         .map(|_| Uuid::new_v4().simple().to_string())
         .collect();
-    let key = KeyMaterial::Hs256(secret.into_bytes());
-    SuiteConfig {
-        server: ServerConfig::default(),
-        auth: AuthConfig {
-            issuer: "mosaic-test".into(),
-            audience: "mosaic".into(),
-            key: key.clone(),
-            cache_ttl: Duration::from_secs(30),
-        },
-        signing_key: Some(key),
-        identity_db: DbConfig::from_env("identity").expect("identity db config"),
-        crm_db: DbConfig::from_env("crm").expect("crm db config"),
-        token_ttl: Duration::from_secs(600),
-        rate_limiter: mosaic_cache::RateLimiter::disabled(),
-    }
+    Env::process()
+        .with("MOSAIC_JWT_HS256_SECRET", secret)
+        .with("MOSAIC_JWT_PUBLIC_KEY", "")
+        .with("MOSAIC_JWT_ISSUER", "mosaic-test")
+        .with("MOSAIC_TOKEN_TTL_SECS", "600")
+        .with("MOSAIC_RATE_LIMIT_PER_SECOND", "0")
+        .with("MOSAIC_METRICS_ADDR", "off")
+        .with("MOSAIC_PROBE_INTERVAL_MS", "200")
+        .with("MOSAIC_SHUTDOWN_TIMEOUT_SECS", "5")
 }
 
 /// Bootstraps and migrates the test database (idempotent; safe in parallel).
-pub async fn migrate(config: &SuiteConfig) {
-    mosaic::migrate(
-        &mosaic::admin_url(),
-        &[
-            (mosaic_identity::SCHEMA, config.identity_db.clone()),
-            (mosaic_crm::SCHEMA, config.crm_db.clone()),
-        ],
-    )
-    .await
-    .expect("migrate");
+pub async fn migrate(env: &Env) {
+    mosaic::migrate(env).await.expect("migrate");
+}
+
+/// Shows the suite's logs when `MOSAIC_TEST_LOG` names a filter.
+fn test_logging() {
+    if let Ok(filter) = std::env::var("MOSAIC_TEST_LOG")
+        && !filter.trim().is_empty()
+    {
+        mosaic_server::init_logging(&filter, false).expect("MOSAIC_TEST_LOG is a log filter");
+    }
 }
 
 pub fn app() -> &'static App {
     APP.get_or_init(|| {
-        let config = config();
+        test_logging();
+        let env = env();
+        let suite_env = env.clone();
+        let tokens = TokenSettings::from_env(&env).expect("token settings");
         let (tx, rx) = std::sync::mpsc::channel();
-        let auth = config.auth.clone();
-        let signer = TokenSigner::new(config.signing_key.as_ref().expect("key")).expect("signer");
+        let auth = tokens.verify.clone();
+        let signer = tokens.signer().expect("signer");
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -78,21 +86,31 @@ pub fn app() -> &'static App {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                migrate(&config).await;
+                migrate(&suite_env).await;
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .expect("bind");
                 tx.send(listener.local_addr().expect("addr"))
                     .expect("send addr");
-                mosaic::run(listener, config, Shutdown::new(), std::future::pending())
-                    .await
-                    .expect("suite");
+                mosaic::run(
+                    &suite_env,
+                    listener,
+                    Shutdown::new(),
+                    std::future::pending(),
+                )
+                .await
+                .expect("suite");
             });
         });
         let addr = rx
             .recv_timeout(Duration::from_secs(120))
             .expect("suite did not start");
-        App { addr, auth, signer }
+        App {
+            addr,
+            auth,
+            signer,
+            env,
+        }
     })
 }
 
@@ -104,7 +122,7 @@ impl App {
             .connect_lazy()
     }
 
-    pub fn token(&self, tenant: Option<Uuid>, sub: &str, roles: &[&str]) -> String {
+    pub fn token(&self, tenant: Option<TenantId>, sub: &str, roles: &[&str]) -> String {
         let claims = Claims::new(
             &self.auth,
             sub.to_owned(),
@@ -138,7 +156,7 @@ impl App {
             .await
             .expect("create tenant")
             .into_inner();
-        let id: Uuid = tenant.tenant_id.parse().expect("tenant id");
+        let id = TenantId::from(tenant.tenant_id.parse::<Uuid>().expect("tenant id"));
         // The owner's user id, to mint a token in its name.
         let probe = self.token(Some(id), "user:probe", &["owner"]);
         let members = MemberServiceClient::new(self.channel())
@@ -158,24 +176,35 @@ impl App {
 
     /// A superuser connection to the test database, for looking behind the API.
     pub async fn admin_db(&self) -> PgConnection {
-        let opts: sqlx::postgres::PgConnectOptions =
-            mosaic::admin_url().parse().expect("admin url");
+        let admin = self
+            .env
+            .url(
+                "MOSAIC_ADMIN_DATABASE_URL",
+                "postgres://mosaic_admin:mosaic-local@127.0.0.1:5432/postgres",
+            )
+            .expect("admin url");
+        let opts: sqlx::postgres::PgConnectOptions = admin.expose().parse().expect("admin url");
         PgConnection::connect_with(&opts.database("mosaic"))
             .await
             .expect("admin connection")
     }
 
+    /// A service's database settings, as the suite reads them.
+    pub fn db_config(&self, service: &str) -> DbConfig {
+        DbConfig::from_env(&self.env, service).expect("db config")
+    }
+
     /// A connection as the identity runtime role.
     pub async fn identity_role_db(&self) -> PgConnection {
-        let url = DbConfig::from_env("identity").expect("config").url;
-        PgConnection::connect(&url)
+        let url = self.db_config("identity").url;
+        PgConnection::connect(url.expose())
             .await
             .expect("runtime connection")
     }
 }
 
 pub struct TestTenant {
-    pub id: Uuid,
+    pub id: TenantId,
     pub owner: Uuid,
     pub owner_token: String,
     pub tenant: Tenant,

@@ -154,7 +154,11 @@ async fn forged_and_foreign_secrets_are_refused_alike() {
     tampered.pop();
     tampered.push(if secret.ends_with('A') { 'B' } else { 'A' });
     // Same key id, B's tenant: the lookup happens inside B and finds nothing.
-    let moved = secret.replacen(&a.id.simple().to_string(), &b.id.simple().to_string(), 1);
+    let moved = secret.replacen(
+        &a.id.uuid().simple().to_string(),
+        &b.id.uuid().simple().to_string(),
+        1,
+    );
     let client = TokenServiceClient::new(app().channel());
     for bad in [
         tampered,

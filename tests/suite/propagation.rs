@@ -121,7 +121,7 @@ async fn callee_sees_the_callers_context_and_a_smaller_deadline() {
     let callee = spawn(MemberServiceServer::new(Callee)).await;
     let caller = spawn(MemberServiceServer::new(Caller { callee })).await;
 
-    let tenant = Uuid::now_v7();
+    let tenant = mosaic_core::TenantId::new();
     let principal = format!("user:{}", Uuid::now_v7());
     let token = app().token(Some(tenant), &principal, &["member"]);
     let request_id = format!("prop-{}", Uuid::new_v4());

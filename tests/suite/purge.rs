@@ -3,8 +3,9 @@
 //! and one tenant's purge never touches another tenant's rows.
 
 use chrono::Utc;
+use mosaic_core::TenantId;
 use mosaic_crm::purge::{Purged, purge_tenant};
-use mosaic_db::{Database, DbConfig};
+use mosaic_db::Database;
 use mosaic_proto::crm::{
     CreateContactRequest, CreateDealRequest, Deal, DeleteCompanyRequest, DeleteContactRequest,
     DeleteDealRequest, GetCompanyRequest, GetContactRequest,
@@ -15,7 +16,7 @@ use crate::crm_support::{CrmTenant, companies, contacts, deals, email};
 use crate::harness::app;
 
 /// Moves a soft delete (or, for `idempotency_keys`, a claim) `days` into the past.
-async fn backdate(table: &str, column: &str, tenant: Uuid, days: i64) {
+async fn backdate(table: &str, column: &str, tenant: TenantId, days: i64) {
     let mut db = app().admin_db().await;
     sqlx::query(&format!(
         "UPDATE crm.{table} SET {column} = {column} - make_interval(days => $2) \
@@ -28,7 +29,7 @@ async fn backdate(table: &str, column: &str, tenant: Uuid, days: i64) {
     .expect("backdate");
 }
 
-async fn audit_actions(tenant: Uuid) -> Vec<String> {
+async fn audit_actions(tenant: TenantId) -> Vec<String> {
     let mut db = app().admin_db().await;
     sqlx::query_scalar(
         "SELECT action FROM crm.audit_events WHERE tenant_id = $1 AND action LIKE '%.purge' \
@@ -41,7 +42,7 @@ async fn audit_actions(tenant: Uuid) -> Vec<String> {
 }
 
 fn crm_db() -> Database {
-    Database::connect_lazy(&DbConfig::from_env("crm").unwrap(), "purge-test").unwrap()
+    Database::connect_lazy(&app().db_config("crm"), "purge-test").unwrap()
 }
 
 async fn delete_contact(t: &CrmTenant, id: &str) {
@@ -190,15 +191,9 @@ async fn mosaic_purge_walks_every_tenant() {
     delete_contact(&crm, &ct.contact_id).await;
     backdate("contacts", "deleted_at", t.id, 31).await;
 
-    let report = mosaic::purge(
-        &DbConfig::from_env("identity").unwrap(),
-        &DbConfig::from_env("crm").unwrap(),
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    let report = mosaic::purge(&app().env, Utc::now()).await.unwrap();
     assert!(
-        report.tenants >= 1 && report.crm.contacts >= 1,
+        report.tenants >= 1 && report.removed("crm.contacts") >= 1,
         "{report:?}"
     );
     assert_eq!(crm.count("contacts").await, 0);

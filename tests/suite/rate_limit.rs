@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use mosaic_cache::{RateLimitConfig, RateLimiter};
 use mosaic_proto::identity::{GetTenantRequest, tenant_service_client::TenantServiceClient};
 use mosaic_server::Shutdown;
 use tonic::Code;
@@ -14,34 +13,29 @@ use crate::harness::{app, assert_error, authed};
 
 #[tokio::test]
 async fn a_tenant_over_its_burst_is_told_to_retry() {
-    let mut config = crate::harness::config();
-    config.auth = app().auth.clone();
-    config.rate_limiter = RateLimiter::new(RateLimitConfig {
-        per_second: 1,
-        burst: 3,
-        timeout: Duration::from_millis(500),
-        ..RateLimitConfig::default()
-    })
-    .unwrap();
+    // The suite's own settings (its token key), with a tiny burst.
+    let env = app()
+        .env
+        .clone()
+        .with("MOSAIC_RATE_LIMIT_PER_SECOND", "1")
+        .with("MOSAIC_RATE_LIMIT_BURST", "3")
+        .with("MOSAIC_REDIS_TIMEOUT_MS", "500");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(mosaic::run(
-        listener,
-        config,
-        Shutdown::new(),
-        std::future::pending(),
-    ));
+    tokio::spawn(async move {
+        mosaic::run(&env, listener, Shutdown::new(), std::future::pending()).await
+    });
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_lazy();
 
     let (a, b) = (app().new_tenant().await, app().new_tenant().await);
-    let get = |t: &crate::harness::TestTenant| {
+    let get = |tenant: &crate::harness::TestTenant| {
         authed(
             GetTenantRequest {
-                tenant_id: t.id.to_string(),
+                tenant_id: tenant.id.to_string(),
             },
-            &t.owner_token,
+            &tenant.owner_token,
         )
     };
     let mut client = TenantServiceClient::new(channel);

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use mosaic_db::{Database, DbConfig, TenantContext};
+use mosaic_core::TenantId;
+use mosaic_db::{Database, TenantContext};
 use uuid::Uuid;
 
 use crate::harness::app;
@@ -15,10 +16,10 @@ use crate::harness::app;
 async fn reads_survive_killed_idle_connections_and_sql_errors() {
     let t = app().new_tenant().await;
     let name = format!("lane-test-{}", Uuid::new_v4().simple());
-    let db = Database::connect_lazy(&DbConfig::from_env("identity").unwrap(), &name).unwrap();
+    let db = Database::connect_lazy(&app().db_config("identity"), &name).unwrap();
     let ctx = TenantContext::system(t.id, "lane-test");
     let read = || async {
-        db.read_by_ids::<(Uuid,)>(
+        db.read_by_ids::<(TenantId,)>(
             &ctx,
             "SELECT tenant_id FROM tenants WHERE tenant_id = $tenant",
             &[],
@@ -44,7 +45,7 @@ async fn reads_survive_killed_idle_connections_and_sql_errors() {
     );
 
     let err = db
-        .read_by_ids::<(Uuid,)>(&ctx, "SELECT tenant_id FROM no_such_table", &[])
+        .read_by_ids::<(TenantId,)>(&ctx, "SELECT tenant_id FROM no_such_table", &[])
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Internal);
@@ -55,12 +56,12 @@ async fn reads_survive_killed_idle_connections_and_sql_errors() {
     );
 
     // Another tenant's id binds as a value and finds nothing.
-    let other = TenantContext::system(Uuid::now_v7(), "lane-test");
+    let other = TenantContext::system(mosaic_core::TenantId::new(), "lane-test");
     let none = db
-        .read_by_ids::<(Uuid,)>(
+        .read_by_ids::<(TenantId,)>(
             &other,
             "SELECT tenant_id FROM tenants WHERE tenant_id = $1",
-            &[t.id],
+            &[t.id.uuid()],
         )
         .await
         .unwrap();
@@ -71,7 +72,7 @@ async fn reads_survive_killed_idle_connections_and_sql_errors() {
 /// A database whose read lane has one connection, so that concurrent reads
 /// must share messages.
 fn one_connection_lane(name: &str, acquire_timeout: Duration) -> Database {
-    let mut config = DbConfig::from_env("identity").unwrap();
+    let mut config = app().db_config("identity");
     config.read_connections = 1;
     config.acquire_timeout = acquire_timeout;
     Database::connect_lazy(&config, name).unwrap()
@@ -79,7 +80,7 @@ fn one_connection_lane(name: &str, acquire_timeout: Duration) -> Database {
 
 #[tokio::test]
 async fn reads_of_many_tenants_share_messages_and_each_sees_only_its_own() {
-    let tenants: Vec<Uuid> = join_all((0..4).map(|_| app().new_tenant()))
+    let tenants: Vec<TenantId> = join_all((0..4).map(|_| app().new_tenant()))
         .await
         .into_iter()
         .map(|t| t.id)
@@ -93,10 +94,10 @@ async fn reads_of_many_tenants_share_messages_and_each_sees_only_its_own() {
         async move {
             let ctx = TenantContext::system(me, "lane-test");
             let rows = db
-                .read_by_ids::<(Uuid,)>(
+                .read_by_ids::<(TenantId,)>(
                     &ctx,
                     "SELECT tenant_id FROM tenants WHERE tenant_id = $1",
-                    &[asked],
+                    &[asked.uuid()],
                 )
                 .await
                 .unwrap();
@@ -134,7 +135,7 @@ async fn an_error_in_a_shared_message_fails_only_its_own_read() {
         } else {
             Uuid::now_v7()
         };
-        async move { (id, db.read_by_ids::<(Uuid,)>(ctx, sql, &[id]).await) }
+        async move { (id, db.read_by_ids::<(TenantId,)>(ctx, sql, &[id]).await) }
     });
     let results = join_all(reads).await;
     let (_, messages) = db.read_lane_stats();
@@ -157,7 +158,7 @@ async fn a_read_waits_in_the_queue_at_most_the_acquire_timeout() {
     let slow = {
         let (db, ctx) = (db.clone(), ctx.clone());
         tokio::spawn(async move {
-            db.read_by_ids::<(Uuid,)>(
+            db.read_by_ids::<(TenantId,)>(
                 &ctx,
                 "SELECT tenant_id FROM tenants WHERE tenant_id = $tenant \
                  AND (SELECT 1 FROM pg_sleep(0.8)) = 1",
@@ -168,7 +169,7 @@ async fn a_read_waits_in_the_queue_at_most_the_acquire_timeout() {
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let queued = db
-        .read_by_ids::<(Uuid,)>(
+        .read_by_ids::<(TenantId,)>(
             &ctx,
             "SELECT tenant_id FROM tenants WHERE tenant_id = $tenant",
             &[],
@@ -194,7 +195,7 @@ async fn more_distinct_selects_than_a_connection_keeps_prepared() {
     for _ in 0..2 {
         let reads = selects
             .iter()
-            .map(|sql| db.read_by_ids::<(Uuid,)>(&ctx, sql, &[]));
+            .map(|sql| db.read_by_ids::<(TenantId,)>(&ctx, sql, &[]));
         for rows in join_all(reads).await {
             assert_eq!(rows.unwrap(), [(t.id,)]);
         }
@@ -209,7 +210,7 @@ async fn more_distinct_selects_than_a_connection_keeps_prepared() {
 async fn transactions_survive_killed_pool_connections() {
     let t = app().new_tenant().await;
     let name = format!("pool-test-{}", Uuid::new_v4().simple());
-    let db = Database::connect_lazy(&DbConfig::from_env("identity").unwrap(), &name).unwrap();
+    let db = Database::connect_lazy(&app().db_config("identity"), &name).unwrap();
     let ctx = TenantContext::system(t.id, "pool-test");
     let read = || async {
         let mut tx = db.begin(&ctx).await?;
@@ -222,7 +223,7 @@ async fn transactions_survive_killed_pool_connections() {
     };
     // Open a few pooled connections at once, then kill them all while idle.
     for id in join_all((0..4).map(|_| read())).await {
-        assert_eq!(id.unwrap(), t.id);
+        assert_eq!(id.unwrap(), t.id.uuid());
     }
     let mut admin = app().admin_db().await;
     let killed: i64 = sqlx::query_scalar(
@@ -236,7 +237,11 @@ async fn transactions_survive_killed_pool_connections() {
     assert!(killed >= 2, "{killed} pooled connections");
     tokio::time::sleep(Duration::from_millis(100)).await;
     for id in join_all((0..4).map(|_| read())).await {
-        assert_eq!(id.unwrap(), t.id, "a dead connection failed the call");
+        assert_eq!(
+            id.unwrap(),
+            t.id.uuid(),
+            "a dead connection failed the call"
+        );
     }
     db.close().await;
 }

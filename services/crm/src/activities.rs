@@ -3,8 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use mosaic_api::page::{self, PageBinding};
-use mosaic_api::{AllOk, ApiError, ApiResult, validate};
-use mosaic_db::{Database, TenantContext};
+use mosaic_api::{AllOk, ApiError, ApiResult, convert, parse};
+use mosaic_db::{Database, TenantContext, create_once};
+use mosaic_proto::StoredEnum;
 use mosaic_proto::crm::{
     Activity, ActivityKind, DailyActivityCount, GetActivityCountsRequest,
     GetActivityCountsResponse, ListActivitiesRequest, ListActivitiesResponse, LogActivityRequest,
@@ -12,9 +13,9 @@ use mosaic_proto::crm::{
 };
 use mosaic_tenant::Role;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
-use crate::{companies, contacts, deals, fields, lifecycle};
+use crate::ids::{ActivityId, CompanyId, ContactId, DealId};
+use crate::{companies, contacts, deals};
 
 pub(crate) mod storage;
 
@@ -24,38 +25,17 @@ pub const MAX_DETAILS_BYTES: usize = 16 * 1024;
 /// Longest range of GetActivityCounts, in days.
 pub const MAX_COUNT_DAYS: i64 = 366;
 
-const KINDS: &[(ActivityKind, &str)] = &[
-    (ActivityKind::Email, "email"),
-    (ActivityKind::Call, "call"),
-    (ActivityKind::Meeting, "meeting"),
-    (ActivityKind::Note, "note"),
-];
-
-fn kind_name(kind: ActivityKind) -> &'static str {
-    KINDS
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map_or("note", |(_, n)| n)
-}
-
-fn kind_from(name: &str) -> ActivityKind {
-    KINDS
-        .iter()
-        .find(|(_, n)| *n == name)
-        .map_or(ActivityKind::Unspecified, |(k, _)| *k)
-}
-
 /// The subjects an activity is about, or a listing filters by.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Subjects {
-    company_id: Option<Uuid>,
-    contact_id: Option<Uuid>,
-    deal_id: Option<Uuid>,
+    company_id: Option<CompanyId>,
+    contact_id: Option<ContactId>,
+    deal_id: Option<DealId>,
 }
 
 impl Subjects {
     fn parse(at: &str, company: &str, contact: &str, deal: &str) -> ApiResult<Self> {
-        let f = |name: &str| {
+        let field = |name: &str| {
             if at.is_empty() {
                 name.to_owned()
             } else {
@@ -63,9 +43,9 @@ impl Subjects {
             }
         };
         let (company_id, contact_id, deal_id) = (
-            fields::optional_id(&f("company_id"), company),
-            fields::optional_id(&f("contact_id"), contact),
-            fields::optional_id(&f("deal_id"), deal),
+            parse::optional_id(&field("company_id"), company),
+            parse::optional_id(&field("contact_id"), contact),
+            parse::optional_id(&field("deal_id"), deal),
         )
             .all_ok()?;
         Ok(Self {
@@ -91,22 +71,32 @@ pub(crate) struct NewActivity {
 }
 
 impl NewActivity {
-    fn parse(a: &Activity) -> ApiResult<Self> {
+    fn parse(activity: &Activity) -> ApiResult<Self> {
+        let subjects = Subjects::parse(
+            "activity",
+            &activity.company_id,
+            &activity.contact_id,
+            &activity.deal_id,
+        );
         let (kind, subjects, occurred_at, summary, details) = (
-            validate::enum_value::<ActivityKind>("activity.kind", a.kind),
-            Subjects::parse("activity", &a.company_id, &a.contact_id, &a.deal_id).and_then(|s| {
-                if s.is_empty() {
+            parse::enum_value::<ActivityKind>("activity.kind", activity.kind),
+            subjects.and_then(|subjects| {
+                if subjects.is_empty() {
                     Err(ApiError::invalid_argument(
                         "activity.company_id",
                         "at least one of company_id, contact_id, deal_id is required",
                     ))
                 } else {
-                    Ok(s)
+                    Ok(subjects)
                 }
             }),
-            fields::event_time("activity.occur_time", a.occur_time.as_ref()),
-            validate::text("activity.summary", a.summary.trim(), MAX_SUMMARY),
-            fields::json_object("activity.details", a.details.as_ref(), MAX_DETAILS_BYTES),
+            parse::event_time("activity.occur_time", activity.occur_time.as_ref()),
+            parse::text("activity.summary", activity.summary.trim(), MAX_SUMMARY),
+            parse::json_object(
+                "activity.details",
+                activity.details.as_ref(),
+                MAX_DETAILS_BYTES,
+            ),
         )
             .all_ok()?;
         Ok(Self {
@@ -138,44 +128,50 @@ impl ActivityService for Activities {
     ) -> Result<Response<Activity>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Member)?;
-        let r = req.into_inner();
-        let a = r.activity.clone().unwrap_or_default();
+        let request = req.into_inner();
+        let activity = request.activity.clone().unwrap_or_default();
         let (new, request_id) = (
-            NewActivity::parse(&a),
-            validate::request_id("request_id", &r.request_id),
+            NewActivity::parse(&activity),
+            parse::request_id("request_id", &request.request_id),
         )
             .all_ok()?;
 
-        let activity =
-            lifecycle::create_once(&self.db, &ctx, "LogActivity", request_id, &r, async |tx| {
-                let s = new.subjects;
-                if let Some(id) = s.company_id {
+        let activity = create_once(
+            &self.db,
+            &ctx,
+            "LogActivity",
+            request_id,
+            &request,
+            async |tx| {
+                let subjects = new.subjects;
+                if let Some(id) = subjects.company_id {
                     companies::RESOURCE
                         .require_live(tx, id, "activity.company_id")
                         .await?;
                 }
-                if let Some(id) = s.contact_id {
+                if let Some(id) = subjects.contact_id {
                     contacts::RESOURCE
                         .require_live(tx, id, "activity.contact_id")
                         .await?;
                 }
-                if let Some(id) = s.deal_id {
+                if let Some(id) = subjects.deal_id {
                     deals::RESOURCE
                         .require_live(tx, id, "activity.deal_id")
                         .await?;
                 }
-                let id = Uuid::now_v7();
+                let id = ActivityId::new();
                 let row = storage::insert(tx, id, &new).await?;
                 tx.audit(
                     "activity.log",
                     "activity",
                     id,
-                    serde_json::json!({ "kind": kind_name(new.kind) }),
+                    serde_json::json!({ "kind": new.kind.stored_name() }),
                 )
                 .await?;
                 Ok(row.into_proto())
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok(Response::new(activity))
     }
 
@@ -185,34 +181,35 @@ impl ActivityService for Activities {
     ) -> Result<Response<ListActivitiesResponse>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
-        let r = req.get_ref();
+        let request = req.get_ref();
+        let time = |t: Option<prost_types::Timestamp>| {
+            t.map(|t| format!("{}.{}", t.seconds, t.nanos))
+                .unwrap_or_default()
+        };
         let binding = PageBinding::new("ListActivities")
             .with(ctx.tenant_id()?)
-            .with(&r.company_id)
-            .with(&r.contact_id)
-            .with(&r.deal_id)
-            .with(r.kind)
-            .with(
-                r.start_time
-                    .map(|t| format!("{}.{}", t.seconds, t.nanos))
-                    .unwrap_or_default(),
-            )
-            .with(
-                r.end_time
-                    .map(|t| format!("{}.{}", t.seconds, t.nanos))
-                    .unwrap_or_default(),
-            );
+            .with(&request.company_id)
+            .with(&request.contact_id)
+            .with(&request.deal_id)
+            .with(request.kind)
+            .with(time(request.start_time))
+            .with(time(request.end_time));
         let (size, after, subjects, kind, start, end) = (
-            validate::page_size("page_size", r.page_size),
-            page::decode::<(DateTime<Utc>, Uuid)>(&binding, &r.page_token),
-            Subjects::parse("", &r.company_id, &r.contact_id, &r.deal_id),
-            validate::enum_or("kind", r.kind, ActivityKind::Unspecified),
-            fields::optional_time("start_time", r.start_time.as_ref()),
-            fields::optional_time("end_time", r.end_time.as_ref()),
+            parse::page_size("page_size", request.page_size),
+            page::decode::<(DateTime<Utc>, ActivityId)>(&binding, &request.page_token),
+            Subjects::parse(
+                "",
+                &request.company_id,
+                &request.contact_id,
+                &request.deal_id,
+            ),
+            parse::enum_or("kind", request.kind, ActivityKind::Unspecified),
+            parse::optional_time("start_time", request.start_time.as_ref()),
+            parse::optional_time("end_time", request.end_time.as_ref()),
         )
             .all_ok()?;
-        if let (Some(s), Some(e)) = (start, end)
-            && e < s
+        if let (Some(start), Some(end)) = (start, end)
+            && end < start
         {
             return Err(
                 ApiError::invalid_argument("end_time", "must not be before start_time").into(),
@@ -220,15 +217,16 @@ impl ActivityService for Activities {
         }
         let filter = storage::ActivityFilter {
             subjects,
-            kind: (kind != ActivityKind::Unspecified).then(|| kind_name(kind)),
+            kind: (kind != ActivityKind::Unspecified).then(|| kind.stored_name()),
             start,
             end,
         };
         let mut tx = self.db.begin(&ctx).await?;
         let rows = storage::list_page(&mut tx, &filter, after, size).await?;
         tx.finish_read();
-        let (rows, next_page_token) =
-            page::split_page(rows, size, &binding, |a| (a.occurred_at, a.activity_id));
+        let (rows, next_page_token) = page::split_page(rows, size, &binding, |activity| {
+            (activity.occurred_at, activity.activity_id)
+        });
         Ok(Response::new(ListActivitiesResponse {
             activities: rows
                 .into_iter()
@@ -244,11 +242,16 @@ impl ActivityService for Activities {
     ) -> Result<Response<GetActivityCountsResponse>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
-        let r = req.get_ref();
+        let request = req.get_ref();
         let (start, end, subjects) = (
-            fields::date("start_date", &r.start_date),
-            fields::date("end_date", &r.end_date),
-            Subjects::parse("", &r.company_id, &r.contact_id, &r.deal_id),
+            parse::date("start_date", &request.start_date),
+            parse::date("end_date", &request.end_date),
+            Subjects::parse(
+                "",
+                &request.company_id,
+                &request.contact_id,
+                &request.deal_id,
+            ),
         )
             .all_ok()?;
         let days = (end - start).num_days() + 1;
@@ -270,13 +273,13 @@ impl ActivityService for Activities {
         Ok(Response::new(GetActivityCountsResponse {
             days: rows
                 .into_iter()
-                .map(|d| DailyActivityCount {
-                    date: fields::format_date(d.day),
-                    total_count: d.total,
-                    email_count: d.email,
-                    call_count: d.call,
-                    meeting_count: d.meeting,
-                    note_count: d.note,
+                .map(|day| DailyActivityCount {
+                    date: convert::date(day.day),
+                    total_count: day.total,
+                    email_count: day.email,
+                    call_count: day.call,
+                    meeting_count: day.meeting,
+                    note_count: day.note,
                 })
                 .collect(),
         }))

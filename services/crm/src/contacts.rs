@@ -2,9 +2,12 @@
 //! metadata containment, full-text query) with keyset paging, and the
 //! client-streaming import in [`import`].
 
+use std::marker::PhantomData;
+
 use mosaic_api::page::{self, PageBinding};
-use mosaic_api::{AllOk, ApiError, ApiResult, etag, mask::UpdateMask, validate};
-use mosaic_db::{Database, TenantContext, TenantTx};
+use mosaic_api::rules::{Kind, masked};
+use mosaic_api::{AllOk, ApiError, ApiResult, etag, mask::UpdateMask, parse};
+use mosaic_db::{Database, Resource, TenantContext, TenantTx, create_once};
 use mosaic_proto::crm::{
     Contact, CreateContactRequest, DeleteContactRequest, GetContactRequest, ImportContactsRequest,
     ImportContactsResponse, ListContactsRequest, ListContactsResponse, UndeleteContactRequest,
@@ -12,23 +15,24 @@ use mosaic_proto::crm::{
 };
 use mosaic_tenant::Role;
 use tonic::{Request, Response, Status, Streaming};
-use uuid::Uuid;
 
 use crate::companies;
-use crate::fields;
-use crate::lifecycle::{self, Resource, masked};
+use crate::ids::{CompanyId, ContactId};
 
 pub mod import;
 pub(crate) mod storage;
 
-pub(crate) const RESOURCE: Resource = Resource {
+pub(crate) const RESOURCE: Resource<ContactId> = Resource {
+    kind: Kind {
+        name: "contact",
+        not_found: "CONTACT_NOT_FOUND",
+        deleted: "CONTACT_DELETED",
+    },
     table: "contacts",
     id_column: "contact_id",
-    kind: "contact",
-    not_found: "CONTACT_NOT_FOUND",
-    deleted: "CONTACT_DELETED",
     select: storage::SELECT,
     constraints: storage::CONSTRAINTS,
+    id: PhantomData,
 };
 
 const MAX_NAME: usize = 200;
@@ -38,45 +42,26 @@ pub const MAX_METADATA_BYTES: usize = 8 * 1024;
 const MAX_FILTER_VALUE_BYTES: usize = 1024;
 const MAX_QUERY_CHARS: usize = 200;
 const MAX_QUERY_WORDS: usize = 8;
-const PATHS: &[&str] = &[
-    "company_id",
-    "email",
-    "full_name",
-    "title",
-    "phone",
-    "tags",
-    "metadata",
-];
 
-/// The writable fields of a contact, checked.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ContactFields {
-    company_id: Option<Uuid>,
-    email: String,
-    full_name: String,
-    title: String,
-    phone: String,
-    tags: Vec<String>,
-    metadata: serde_json::Value,
-}
-
-/// The fields an update mask names, parsed (`None`: not named).
-#[derive(Debug, Default)]
-struct ContactPatch {
-    company_id: Option<Option<Uuid>>,
-    email: Option<String>,
-    full_name: Option<String>,
-    title: Option<String>,
-    phone: Option<String>,
-    tags: Option<Vec<String>>,
-    metadata: Option<serde_json::Value>,
+mosaic_api::patch! {
+    /// The writable fields of a contact, checked. Their names are the paths
+    /// an update mask may name.
+    pub(crate) struct ContactFields / ContactPatch {
+        company_id: Option<CompanyId>,
+        email: String,
+        full_name: String,
+        title: String,
+        phone: String,
+        tags: Vec<String>,
+        metadata: serde_json::Value,
+    }
 }
 
 impl ContactPatch {
-    /// Parses the fields of `c` that `wanted` names. Violations are named
-    /// `{at}.{field}`, or just `{field}` when `at` is empty (import rows).
-    fn parse(c: &Contact, at: &str, wanted: impl Fn(&str) -> bool) -> ApiResult<Self> {
-        let f = |name: &str| {
+    /// Parses the fields of `contact` that `wanted` names. Violations are
+    /// named `{at}.{field}`, or just `{field}` when `at` is empty (import rows).
+    fn parse(contact: &Contact, at: &str, wanted: impl Fn(&str) -> bool) -> ApiResult<Self> {
+        let field = |name: &str| {
             if at.is_empty() {
                 name.to_owned()
             } else {
@@ -85,19 +70,29 @@ impl ContactPatch {
         };
         let (company_id, email, full_name, title, phone, tags, metadata) = (
             masked(wanted("company_id"), || {
-                fields::optional_id(&f("company_id"), &c.company_id)
+                parse::optional_id(&field("company_id"), &contact.company_id)
             }),
-            masked(wanted("email"), || validate::email(&f("email"), &c.email)),
+            masked(wanted("email"), || {
+                parse::email(&field("email"), &contact.email)
+            }),
             masked(wanted("full_name"), || {
-                validate::text(&f("full_name"), c.full_name.trim(), MAX_NAME)
+                parse::text(&field("full_name"), contact.full_name.trim(), MAX_NAME)
             }),
             masked(wanted("title"), || {
-                validate::text(&f("title"), c.title.trim(), MAX_TITLE)
+                parse::text(&field("title"), contact.title.trim(), MAX_TITLE)
             }),
-            masked(wanted("phone"), || fields::phone(&f("phone"), &c.phone)),
-            masked(wanted("tags"), || fields::tags(&f("tags"), &c.tags)),
+            masked(wanted("phone"), || {
+                parse::phone(&field("phone"), &contact.phone)
+            }),
+            masked(wanted("tags"), || {
+                parse::tags(&field("tags"), &contact.tags)
+            }),
             masked(wanted("metadata"), || {
-                fields::json_object(&f("metadata"), c.metadata.as_ref(), MAX_METADATA_BYTES)
+                parse::json_object(
+                    &field("metadata"),
+                    contact.metadata.as_ref(),
+                    MAX_METADATA_BYTES,
+                )
             }),
         )
             .all_ok()?;
@@ -113,33 +108,8 @@ impl ContactPatch {
     }
 
     /// A whole new contact: every field parsed.
-    fn parse_new(c: &Contact, at: &str) -> ApiResult<ContactFields> {
-        Ok(Self::parse(c, at, |_| true)?.apply(ContactFields::default()))
-    }
-
-    fn apply(self, mut to: ContactFields) -> ContactFields {
-        if let Some(v) = self.company_id {
-            to.company_id = v;
-        }
-        if let Some(v) = self.email {
-            to.email = v;
-        }
-        if let Some(v) = self.full_name {
-            to.full_name = v;
-        }
-        if let Some(v) = self.title {
-            to.title = v;
-        }
-        if let Some(v) = self.phone {
-            to.phone = v;
-        }
-        if let Some(v) = self.tags {
-            to.tags = v;
-        }
-        if let Some(v) = self.metadata {
-            to.metadata = v;
-        }
-        to
+    fn parse_new(contact: &Contact, at: &str) -> ApiResult<ContactFields> {
+        Self::parse(contact, at, |_| true)?.into_new()
     }
 }
 
@@ -147,7 +117,7 @@ impl ContactPatch {
 #[derive(Debug, Default)]
 pub(crate) struct ContactFilter {
     show_deleted: bool,
-    company_id: Option<Uuid>,
+    company_id: Option<CompanyId>,
     tag: Option<String>,
     /// `{key: value}`, matched with JSON containment (`@>`).
     metadata: Option<serde_json::Value>,
@@ -156,16 +126,16 @@ pub(crate) struct ContactFilter {
 }
 
 impl ContactFilter {
-    fn parse(r: &ListContactsRequest) -> ApiResult<Self> {
+    fn parse(request: &ListContactsRequest) -> ApiResult<Self> {
         let (company_id, tag, metadata, query) = (
-            fields::optional_id("company_id", &r.company_id),
-            fields::optional_text("tag", &r.tag, fields::MAX_TAG_CHARS),
-            metadata_filter(&r.metadata_key, r.metadata_value.as_ref()),
-            text_query(&r.query),
+            parse::optional_id("company_id", &request.company_id),
+            parse::optional_text("tag", &request.tag, parse::MAX_TAG_CHARS),
+            metadata_filter(&request.metadata_key, request.metadata_value.as_ref()),
+            text_query(&request.query),
         )
             .all_ok()?;
         Ok(Self {
-            show_deleted: r.show_deleted,
+            show_deleted: request.show_deleted,
             company_id,
             tag,
             metadata,
@@ -188,14 +158,14 @@ fn metadata_filter(
             "metadata_value",
             "required with metadata_key",
         )),
-        (false, Some(v)) => {
-            let key = validate::name("metadata_key", key, 64)?;
+        (false, Some(value)) => {
+            let key = parse::name("metadata_key", key, 64)?;
             // Wrapping the value in an object reuses the Struct checks (finite
             // numbers, depth) and yields exactly the containment pattern.
             let pattern = prost_types::Struct {
-                fields: [(key, v.clone())].into(),
+                fields: [(key, value.clone())].into(),
             };
-            fields::json_object("metadata_value", Some(&pattern), MAX_FILTER_VALUE_BYTES).map(Some)
+            parse::json_object("metadata_value", Some(&pattern), MAX_FILTER_VALUE_BYTES).map(Some)
         }
     }
 }
@@ -204,14 +174,14 @@ fn metadata_filter(
 /// the start of a word of the name or email. Only runs of letters and digits
 /// are kept, so the text can never carry tsquery operators.
 fn text_query(raw: &str) -> ApiResult<Option<String>> {
-    let raw = validate::text("query", raw.trim(), MAX_QUERY_CHARS)?;
+    let raw = parse::text("query", raw.trim(), MAX_QUERY_CHARS)?;
     if raw.is_empty() {
         return Ok(None);
     }
     let words: Vec<String> = raw
         .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(|w| format!("{}:*", w.to_lowercase()))
+        .filter(|word| !word.is_empty())
+        .map(|word| format!("{}:*", word.to_lowercase()))
         .collect();
     if words.is_empty() {
         return Err(ApiError::invalid_argument(
@@ -240,7 +210,11 @@ impl Contacts {
 }
 
 /// NOT_FOUND unless the referenced company is live in this tenant.
-async fn check_company(tx: &mut TenantTx, company: Option<Uuid>, field: &str) -> ApiResult<()> {
+async fn check_company(
+    tx: &mut TenantTx,
+    company: Option<CompanyId>,
+    field: &str,
+) -> ApiResult<()> {
     match company {
         Some(id) => companies::RESOURCE.require_live(tx, id, field).await,
         None => Ok(()),
@@ -255,23 +229,23 @@ impl ContactService for Contacts {
     ) -> Result<Response<Contact>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Member)?;
-        let r = req.into_inner();
-        let c = r.contact.clone().unwrap_or_default();
+        let request = req.into_inner();
+        let contact = request.contact.clone().unwrap_or_default();
         let (new, request_id) = (
-            ContactPatch::parse_new(&c, "contact"),
-            validate::request_id("request_id", &r.request_id),
+            ContactPatch::parse_new(&contact, "contact"),
+            parse::request_id("request_id", &request.request_id),
         )
             .all_ok()?;
 
-        let contact = lifecycle::create_once(
+        let contact = create_once(
             &self.db,
             &ctx,
             "CreateContact",
             request_id,
-            &r,
+            &request,
             async |tx| {
                 check_company(tx, new.company_id, "contact.company_id").await?;
-                let id = Uuid::now_v7();
+                let id = ContactId::new();
                 let row = storage::insert(tx, id, &new).await?;
                 tx.audit("contact.create", "contact", id, serde_json::json!({}))
                     .await?;
@@ -288,7 +262,7 @@ impl ContactService for Contacts {
     ) -> Result<Response<Contact>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
-        let id = validate::id("contact_id", &req.get_ref().contact_id)?;
+        let id = parse::id("contact_id", &req.get_ref().contact_id)?;
         let row: storage::ContactRow = RESOURCE.read(&self.db, &ctx, id).await?;
         Ok(Response::new(row.into_proto()))
     }
@@ -299,32 +273,34 @@ impl ContactService for Contacts {
     ) -> Result<Response<ListContactsResponse>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
-        let r = req.get_ref();
+        let request = req.get_ref();
         // The token is bound to every filter as sent, so reusing it with
         // other filters is refused rather than silently skipping rows.
         let binding = PageBinding::new("ListContacts")
             .with(ctx.tenant_id()?)
-            .with(r.show_deleted)
-            .with(&r.company_id)
-            .with(&r.tag)
-            .with(&r.metadata_key)
+            .with(request.show_deleted)
+            .with(&request.company_id)
+            .with(&request.tag)
+            .with(&request.metadata_key)
             .with(
-                r.metadata_value
+                request
+                    .metadata_value
                     .as_ref()
-                    .map(|v| format!("{v:?}"))
+                    .map(|value| format!("{value:?}"))
                     .unwrap_or_default(),
             )
-            .with(&r.query);
+            .with(&request.query);
         let (size, after, filter) = (
-            validate::page_size("page_size", r.page_size),
-            page::decode::<Uuid>(&binding, &r.page_token),
-            ContactFilter::parse(r),
+            parse::page_size("page_size", request.page_size),
+            page::decode::<ContactId>(&binding, &request.page_token),
+            ContactFilter::parse(request),
         )
             .all_ok()?;
         let mut tx = self.db.begin(&ctx).await?;
         let rows = storage::list_page(&mut tx, &filter, after, size).await?;
         tx.finish_read();
-        let (rows, next_page_token) = page::split_page(rows, size, &binding, |c| c.contact_id);
+        let (rows, next_page_token) =
+            page::split_page(rows, size, &binding, |contact| contact.contact_id);
         Ok(Response::new(ListContactsResponse {
             contacts: rows
                 .into_iter()
@@ -340,40 +316,32 @@ impl ContactService for Contacts {
     ) -> Result<Response<Contact>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Member)?;
-        let r = req.into_inner();
-        let c = r.contact.unwrap_or_default();
-        let mask = UpdateMask::parse(r.update_mask.as_ref(), PATHS)?;
+        let request = req.into_inner();
+        let contact = request.contact.unwrap_or_default();
+        let mask = UpdateMask::parse(request.update_mask.as_ref(), ContactPatch::PATHS)?;
         let (id, expected, patch) = (
-            validate::id("contact.contact_id", &c.contact_id),
-            etag::parse("contact.etag", &c.etag),
-            ContactPatch::parse(&c, "contact", |p| mask.contains(p)),
+            parse::id("contact.contact_id", &contact.contact_id),
+            etag::parse("contact.etag", &contact.etag),
+            ContactPatch::parse(&contact, "contact", |path| mask.contains(path)),
         )
             .all_ok()?;
-
-        let mut tx = self.db.begin(&ctx).await?;
-        let current: storage::ContactRow = RESOURCE.get_for_update(&mut tx, id).await?;
-        lifecycle::check_writable(
-            &RESOURCE,
-            current.revision,
-            current.deleted_at.is_some(),
-            expected,
-        )?;
-        if let Some(company) = patch.company_id
-            && company != current.company_id
-        {
-            check_company(&mut tx, company, "contact.company_id").await?;
-        }
-        let merged = patch.apply(current.fields());
-        let row = storage::update(&mut tx, id, &merged).await?;
-        let changed: Vec<&str> = PATHS.iter().copied().filter(|p| mask.contains(p)).collect();
-        tx.audit(
-            "contact.update",
-            "contact",
-            id,
-            serde_json::json!({ "fields": changed }),
-        )
-        .await?;
-        tx.commit().await?;
+        let row = RESOURCE
+            .update(
+                &self.db,
+                &ctx,
+                id,
+                expected,
+                mask.audit_details(),
+                async |tx, current: storage::ContactRow| {
+                    if let Some(company) = patch.company_id
+                        && company != current.company_id
+                    {
+                        check_company(tx, company, "contact.company_id").await?;
+                    }
+                    storage::update(tx, id, &patch.apply(current.fields())).await
+                },
+            )
+            .await?;
         Ok(Response::new(row.into_proto()))
     }
 
@@ -383,10 +351,10 @@ impl ContactService for Contacts {
     ) -> Result<Response<Contact>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Admin)?;
-        let r = req.get_ref();
+        let request = req.get_ref();
         let (id, expected) = (
-            validate::id("contact_id", &r.contact_id),
-            etag::parse("etag", &r.etag),
+            parse::id("contact_id", &request.contact_id),
+            etag::parse("etag", &request.etag),
         )
             .all_ok()?;
 
@@ -422,7 +390,7 @@ impl ContactService for Contacts {
     ) -> Result<Response<Contact>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Admin)?;
-        let id = validate::id("contact_id", &req.get_ref().contact_id)?;
+        let id = parse::id("contact_id", &req.get_ref().contact_id)?;
         let row: storage::ContactRow = RESOURCE
             .delete_or_undelete(&self.db, &ctx, id, None, false)
             .await?;
@@ -466,15 +434,15 @@ mod tests {
 
     #[test]
     fn metadata_filter_needs_both_halves() {
-        let v = prost_types::Value {
+        let gold = prost_types::Value {
             kind: Some(prost_types::value::Kind::StringValue("gold".into())),
         };
         assert_eq!(
-            metadata_filter("tier", Some(&v)).unwrap(),
+            metadata_filter("tier", Some(&gold)).unwrap(),
             Some(serde_json::json!({"tier": "gold"}))
         );
         assert!(metadata_filter("tier", None).is_err());
-        assert!(metadata_filter("", Some(&v)).is_err());
+        assert!(metadata_filter("", Some(&gold)).is_err());
         assert_eq!(metadata_filter("", None).unwrap(), None);
     }
 }

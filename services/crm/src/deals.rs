@@ -1,9 +1,13 @@
 //! `DealService`: standard methods, contact links (many-to-many) and the
 //! pipeline summary.
 
+use std::marker::PhantomData;
+
 use mosaic_api::page::{self, PageBinding};
-use mosaic_api::{AllOk, ApiError, ApiResult, etag, mask::UpdateMask, validate};
-use mosaic_db::{Database, TenantContext, TenantTx};
+use mosaic_api::rules::{Kind, masked};
+use mosaic_api::{AllOk, ApiError, ApiResult, etag, mask::UpdateMask, parse};
+use mosaic_db::{Database, HasMeta, Resource, TenantContext, TenantTx, create_once};
+use mosaic_proto::StoredEnum;
 use mosaic_proto::crm::{
     CreateDealRequest, CurrencyTotal, Deal, DealStage, DeleteDealRequest, GetDealRequest,
     GetPipelineSummaryRequest, GetPipelineSummaryResponse, LinkDealContactRequest,
@@ -12,91 +16,47 @@ use mosaic_proto::crm::{
 };
 use mosaic_tenant::Role;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
-use crate::lifecycle::{self, Resource, masked};
-use crate::{companies, contacts, fields};
+use crate::ids::{CompanyId, ContactId, DealId};
+use crate::{companies, contacts};
 
 pub(crate) mod storage;
 
-pub(crate) const RESOURCE: Resource = Resource {
+pub(crate) const RESOURCE: Resource<DealId> = Resource {
+    kind: Kind {
+        name: "deal",
+        not_found: "DEAL_NOT_FOUND",
+        deleted: "DEAL_DELETED",
+    },
     table: "deals",
     id_column: "deal_id",
-    kind: "deal",
-    not_found: "DEAL_NOT_FOUND",
-    deleted: "DEAL_DELETED",
     select: storage::SELECT,
-    constraints: &[],
+    constraints: storage::CONSTRAINTS,
+    id: PhantomData,
 };
 
 const MAX_NAME: usize = 200;
 /// Most contacts linked to one deal.
 pub const MAX_LINKED_CONTACTS: i64 = 100;
-const PATHS: &[&str] = &[
-    "company_id",
-    "primary_contact_id",
-    "display_name",
-    "stage",
-    "probability",
-    "value_minor",
-    "currency_code",
-    "expected_close_date",
-];
-
-/// Pipeline order; also the stored names.
-const STAGES: &[(DealStage, &str)] = &[
-    (DealStage::Lead, "lead"),
-    (DealStage::Qualified, "qualified"),
-    (DealStage::Proposal, "proposal"),
-    (DealStage::Negotiation, "negotiation"),
-    (DealStage::ClosedWon, "closed_won"),
-    (DealStage::ClosedLost, "closed_lost"),
-];
-
-fn stage_name(stage: DealStage) -> &'static str {
-    STAGES
-        .iter()
-        .find(|(s, _)| *s == stage)
-        .map_or("lead", |(_, n)| n)
-}
-
-fn stage_from(name: &str) -> DealStage {
-    STAGES
-        .iter()
-        .find(|(_, n)| *n == name)
-        .map_or(DealStage::Unspecified, |(s, _)| *s)
-}
-
-/// The writable fields of a deal, checked.
-#[derive(Debug, Clone)]
-pub(crate) struct DealFields {
-    company_id: Uuid,
-    primary_contact_id: Option<Uuid>,
-    display_name: String,
-    stage: DealStage,
-    probability: i16,
-    value_minor: i64,
-    currency_code: String,
-    expected_close_date: Option<chrono::NaiveDate>,
-}
-
-/// The fields an update mask names, parsed (`None`: not named).
-#[derive(Debug, Default)]
-struct DealPatch {
-    company_id: Option<Uuid>,
-    primary_contact_id: Option<Option<Uuid>>,
-    display_name: Option<String>,
-    stage: Option<DealStage>,
-    probability: Option<i16>,
-    value_minor: Option<i64>,
-    currency_code: Option<String>,
-    expected_close_date: Option<Option<chrono::NaiveDate>>,
+mosaic_api::patch! {
+    /// The writable fields of a deal, checked. Their names are the paths an
+    /// update mask may name.
+    pub(crate) struct DealFields / DealPatch {
+        company_id: CompanyId,
+        primary_contact_id: Option<ContactId>,
+        display_name: String,
+        stage: DealStage,
+        probability: i16,
+        value_minor: i64,
+        currency_code: String,
+        expected_close_date: Option<chrono::NaiveDate>,
+    }
 }
 
 impl DealPatch {
-    /// Parses the fields of `d` that `wanted` names. On create an unset
+    /// Parses the fields of `deal` that `wanted` names. On create an unset
     /// stage means `lead`; on update a named stage must be set.
-    fn parse(d: &Deal, wanted: impl Fn(&str) -> bool, creating: bool) -> ApiResult<Self> {
+    fn parse(deal: &Deal, wanted: impl Fn(&str) -> bool, creating: bool) -> ApiResult<Self> {
         let (
             company_id,
             primary_contact_id,
@@ -108,32 +68,33 @@ impl DealPatch {
             expected_close_date,
         ) = (
             masked(wanted("company_id"), || {
-                validate::id("deal.company_id", &d.company_id)
+                parse::id("deal.company_id", &deal.company_id)
             }),
             masked(wanted("primary_contact_id"), || {
-                fields::optional_id("deal.primary_contact_id", &d.primary_contact_id)
+                parse::optional_id("deal.primary_contact_id", &deal.primary_contact_id)
             }),
             masked(wanted("display_name"), || {
-                validate::name("deal.display_name", &d.display_name, MAX_NAME)
+                parse::name("deal.display_name", &deal.display_name, MAX_NAME)
             }),
             masked(wanted("stage"), || {
                 if creating {
-                    validate::enum_or("deal.stage", d.stage, DealStage::Lead)
+                    parse::enum_or("deal.stage", deal.stage, DealStage::Lead)
                 } else {
-                    validate::enum_value("deal.stage", d.stage)
+                    parse::enum_value("deal.stage", deal.stage)
                 }
             }),
             masked(wanted("probability"), || {
-                fields::int_range("deal.probability", d.probability, 0, 100).map(|p| p as i16)
+                parse::int_range("deal.probability", deal.probability, 0, 100)
+                    .map(|percent| percent as i16)
             }),
             masked(wanted("value_minor"), || {
-                fields::value_minor("deal.value_minor", d.value_minor)
+                parse::money_minor("deal.value_minor", deal.value_minor)
             }),
             masked(wanted("currency_code"), || {
-                fields::currency("deal.currency_code", &d.currency_code)
+                parse::currency("deal.currency_code", &deal.currency_code)
             }),
             masked(wanted("expected_close_date"), || {
-                fields::optional_date("deal.expected_close_date", &d.expected_close_date)
+                parse::optional_date("deal.expected_close_date", &deal.expected_close_date)
             }),
         )
             .all_ok()?;
@@ -148,49 +109,6 @@ impl DealPatch {
             expected_close_date,
         })
     }
-
-    fn apply(self, mut to: DealFields) -> DealFields {
-        if let Some(v) = self.company_id {
-            to.company_id = v;
-        }
-        if let Some(v) = self.primary_contact_id {
-            to.primary_contact_id = v;
-        }
-        if let Some(v) = self.display_name {
-            to.display_name = v;
-        }
-        if let Some(v) = self.stage {
-            to.stage = v;
-        }
-        if let Some(v) = self.probability {
-            to.probability = v;
-        }
-        if let Some(v) = self.value_minor {
-            to.value_minor = v;
-        }
-        if let Some(v) = self.currency_code {
-            to.currency_code = v;
-        }
-        if let Some(v) = self.expected_close_date {
-            to.expected_close_date = v;
-        }
-        to
-    }
-
-    /// A whole new deal. Every field was named, so every one is present.
-    fn into_new(self) -> ApiResult<DealFields> {
-        let missing = || ApiError::internal("a parsed deal lacks a field");
-        Ok(DealFields {
-            company_id: self.company_id.ok_or_else(missing)?,
-            primary_contact_id: self.primary_contact_id.ok_or_else(missing)?,
-            display_name: self.display_name.ok_or_else(missing)?,
-            stage: self.stage.ok_or_else(missing)?,
-            probability: self.probability.ok_or_else(missing)?,
-            value_minor: self.value_minor.ok_or_else(missing)?,
-            currency_code: self.currency_code.ok_or_else(missing)?,
-            expected_close_date: self.expected_close_date.ok_or_else(missing)?,
-        })
-    }
 }
 
 /// NOT_FOUND unless the deal's company (and primary contact, if any) are
@@ -198,19 +116,19 @@ impl DealPatch {
 /// ids anyway; this also refuses soft-deleted ones and names the field.
 async fn check_references(
     tx: &mut TenantTx,
-    f: &DealFields,
+    fields: &DealFields,
     company: bool,
     contact: bool,
 ) -> ApiResult<()> {
     if company {
         companies::RESOURCE
-            .require_live(tx, f.company_id, "deal.company_id")
+            .require_live(tx, fields.company_id, "deal.company_id")
             .await?;
     }
-    if contact && let Some(c) = f.primary_contact_id {
+    if contact && let Some(primary) = fields.primary_contact_id {
         // A shared lock: DeleteContact clears this reference and must see it.
         contacts::RESOURCE
-            .require_live_shared(tx, c, "deal.primary_contact_id")
+            .require_live_shared(tx, primary, "deal.primary_contact_id")
             .await?;
     }
     Ok(())
@@ -232,37 +150,43 @@ impl DealService for Deals {
     async fn create_deal(&self, req: Request<CreateDealRequest>) -> Result<Response<Deal>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Member)?;
-        let r = req.into_inner();
-        let d = r.deal.clone().unwrap_or_default();
+        let request = req.into_inner();
+        let deal = request.deal.clone().unwrap_or_default();
         let (patch, request_id) = (
-            DealPatch::parse(&d, |_| true, true),
-            validate::request_id("request_id", &r.request_id),
+            DealPatch::parse(&deal, |_| true, true),
+            parse::request_id("request_id", &request.request_id),
         )
             .all_ok()?;
         let new = patch.into_new()?;
 
-        let deal =
-            lifecycle::create_once(&self.db, &ctx, "CreateDeal", request_id, &r, async |tx| {
+        let deal = create_once(
+            &self.db,
+            &ctx,
+            "CreateDeal",
+            request_id,
+            &request,
+            async |tx| {
                 check_references(tx, &new, true, true).await?;
-                let id = Uuid::now_v7();
+                let id = DealId::new();
                 let row = storage::insert(tx, id, &new).await?;
                 tx.audit(
                     "deal.create",
                     "deal",
                     id,
-                    serde_json::json!({ "stage": stage_name(new.stage) }),
+                    serde_json::json!({ "stage": new.stage.stored_name() }),
                 )
                 .await?;
                 Ok(row.into_proto())
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok(Response::new(deal))
     }
 
     async fn get_deal(&self, req: Request<GetDealRequest>) -> Result<Response<Deal>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
-        let id = validate::id("deal_id", &req.get_ref().deal_id)?;
+        let id = parse::id("deal_id", &req.get_ref().deal_id)?;
         let row: storage::DealRow = RESOURCE.read(&self.db, &ctx, id).await?;
         Ok(Response::new(row.into_proto()))
     }
@@ -273,24 +197,25 @@ impl DealService for Deals {
     ) -> Result<Response<ListDealsResponse>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
-        let r = req.get_ref();
+        let request = req.get_ref();
         let binding = PageBinding::new("ListDeals")
             .with(ctx.tenant_id()?)
-            .with(r.show_deleted)
-            .with(&r.company_id)
-            .with(r.stage);
+            .with(request.show_deleted)
+            .with(&request.company_id)
+            .with(request.stage);
         let (size, after, company, stage) = (
-            validate::page_size("page_size", r.page_size),
-            page::decode::<Uuid>(&binding, &r.page_token),
-            fields::optional_id("company_id", &r.company_id),
-            validate::enum_or("stage", r.stage, DealStage::Unspecified),
+            parse::page_size("page_size", request.page_size),
+            page::decode::<DealId>(&binding, &request.page_token),
+            parse::optional_id("company_id", &request.company_id),
+            parse::enum_or("stage", request.stage, DealStage::Unspecified),
         )
             .all_ok()?;
-        let stage = (stage != DealStage::Unspecified).then(|| stage_name(stage));
+        let stage = (stage != DealStage::Unspecified).then(|| stage.stored_name());
         let mut tx = self.db.begin(&ctx).await?;
-        let rows = storage::list_page(&mut tx, r.show_deleted, company, stage, after, size).await?;
+        let rows =
+            storage::list_page(&mut tx, request.show_deleted, company, stage, after, size).await?;
         tx.finish_read();
-        let (rows, next_page_token) = page::split_page(rows, size, &binding, |d| d.deal_id);
+        let (rows, next_page_token) = page::split_page(rows, size, &binding, |deal| deal.deal_id);
         Ok(Response::new(ListDealsResponse {
             deals: rows.into_iter().map(storage::DealRow::into_proto).collect(),
             next_page_token,
@@ -300,60 +225,52 @@ impl DealService for Deals {
     async fn update_deal(&self, req: Request<UpdateDealRequest>) -> Result<Response<Deal>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Member)?;
-        let r = req.into_inner();
-        let d = r.deal.unwrap_or_default();
-        let mask = UpdateMask::parse(r.update_mask.as_ref(), PATHS)?;
+        let request = req.into_inner();
+        let deal = request.deal.unwrap_or_default();
+        let mask = UpdateMask::parse(request.update_mask.as_ref(), DealPatch::PATHS)?;
         let (id, expected, patch) = (
-            validate::id("deal.deal_id", &d.deal_id),
-            etag::parse("deal.etag", &d.etag),
-            DealPatch::parse(&d, |p| mask.contains(p), false),
+            parse::id("deal.deal_id", &deal.deal_id),
+            etag::parse("deal.etag", &deal.etag),
+            DealPatch::parse(&deal, |path| mask.contains(path), false),
         )
             .all_ok()?;
-
-        let mut tx = self.db.begin(&ctx).await?;
-        let current: storage::DealRow = RESOURCE.get_for_update(&mut tx, id).await?;
-        lifecycle::check_writable(
-            &RESOURCE,
-            current.revision,
-            current.deleted_at.is_some(),
-            expected,
-        )?;
-        let before = current.fields();
-        let merged = patch.apply(before.clone());
-        check_references(
-            &mut tx,
-            &merged,
-            merged.company_id != before.company_id,
-            merged.primary_contact_id != before.primary_contact_id,
-        )
-        .await?;
-        let row = storage::update(&mut tx, id, &merged).await?;
-        let changed: Vec<&str> = PATHS.iter().copied().filter(|p| mask.contains(p)).collect();
-        tx.audit(
-            "deal.update",
-            "deal",
-            id,
-            serde_json::json!({ "fields": changed }),
-        )
-        .await?;
-        tx.commit().await?;
+        let row = RESOURCE
+            .update(
+                &self.db,
+                &ctx,
+                id,
+                expected,
+                mask.audit_details(),
+                async |tx, current: storage::DealRow| {
+                    let before = current.fields();
+                    let merged = patch.apply(before.clone());
+                    check_references(
+                        tx,
+                        &merged,
+                        merged.company_id != before.company_id,
+                        merged.primary_contact_id != before.primary_contact_id,
+                    )
+                    .await?;
+                    storage::update(tx, id, &merged).await
+                },
+            )
+            .await?;
         Ok(Response::new(row.into_proto()))
     }
 
     async fn delete_deal(&self, req: Request<DeleteDealRequest>) -> Result<Response<Deal>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Admin)?;
-        let r = req.get_ref();
+        let request = req.get_ref();
         let (id, expected) = (
-            validate::id("deal_id", &r.deal_id),
-            etag::parse("etag", &r.etag),
+            parse::id("deal_id", &request.deal_id),
+            etag::parse("etag", &request.etag),
         )
             .all_ok()?;
-        RESOURCE
-            .delete_or_undelete::<storage::DealRow>(&self.db, &ctx, id, expected, true)
-            .await
-            .map(|row| Response::new(row.into_proto()))
-            .map_err(Into::into)
+        let row: storage::DealRow = RESOURCE
+            .delete_or_undelete(&self.db, &ctx, id, expected, true)
+            .await?;
+        Ok(Response::new(row.into_proto()))
     }
 
     async fn undelete_deal(
@@ -362,12 +279,11 @@ impl DealService for Deals {
     ) -> Result<Response<Deal>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Admin)?;
-        let id = validate::id("deal_id", &req.get_ref().deal_id)?;
-        RESOURCE
-            .delete_or_undelete::<storage::DealRow>(&self.db, &ctx, id, None, false)
-            .await
-            .map(|row| Response::new(row.into_proto()))
-            .map_err(Into::into)
+        let id = parse::id("deal_id", &req.get_ref().deal_id)?;
+        let row: storage::DealRow = RESOURCE
+            .delete_or_undelete(&self.db, &ctx, id, None, false)
+            .await?;
+        Ok(Response::new(row.into_proto()))
     }
 
     async fn link_deal_contact(
@@ -376,22 +292,20 @@ impl DealService for Deals {
     ) -> Result<Response<Deal>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Member)?;
-        let r = req.get_ref();
-        let (deal, contact) = (
-            validate::id("deal_id", &r.deal_id),
-            validate::id("contact_id", &r.contact_id),
+        let request = req.get_ref();
+        let (deal, contact): (DealId, ContactId) = (
+            parse::id("deal_id", &request.deal_id),
+            parse::id("contact_id", &request.contact_id),
         )
             .all_ok()?;
 
         let mut tx = self.db.begin(&ctx).await?;
         // Locking the deal serialises links to it, so the limit holds.
         let current: storage::DealRow = RESOURCE.get_for_update(&mut tx, deal).await?;
-        lifecycle::check_writable(
-            &RESOURCE,
-            current.revision,
-            current.deleted_at.is_some(),
-            None,
-        )?;
+        let meta = current.meta();
+        RESOURCE
+            .kind
+            .check_writable(meta.revision, meta.is_deleted(), None)?;
         // A shared lock: DeleteContact removes links and must see this one.
         contacts::RESOURCE
             .require_live_shared(&mut tx, contact, "contact_id")
@@ -426,21 +340,19 @@ impl DealService for Deals {
     ) -> Result<Response<Deal>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Member)?;
-        let r = req.get_ref();
-        let (deal, contact) = (
-            validate::id("deal_id", &r.deal_id),
-            validate::id("contact_id", &r.contact_id),
+        let request = req.get_ref();
+        let (deal, contact): (DealId, ContactId) = (
+            parse::id("deal_id", &request.deal_id),
+            parse::id("contact_id", &request.contact_id),
         )
             .all_ok()?;
 
         let mut tx = self.db.begin(&ctx).await?;
         let current: storage::DealRow = RESOURCE.get_for_update(&mut tx, deal).await?;
-        lifecycle::check_writable(
-            &RESOURCE,
-            current.revision,
-            current.deleted_at.is_some(),
-            None,
-        )?;
+        let meta = current.meta();
+        RESOURCE
+            .kind
+            .check_writable(meta.revision, meta.is_deleted(), None)?;
         if !storage::unlink(&mut tx, deal, contact).await? {
             return Err(ApiError::not_found(
                 "DEAL_CONTACT_NOT_LINKED",
@@ -466,26 +378,27 @@ impl DealService for Deals {
     ) -> Result<Response<GetPipelineSummaryResponse>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
-        let company = fields::optional_id("company_id", &req.get_ref().company_id)?;
+        let company = parse::optional_id("company_id", &req.get_ref().company_id)?;
         let mut tx = self.db.begin(&ctx).await?;
         let rows = storage::pipeline(&mut tx, company).await?;
         tx.finish_read();
 
-        let stages = STAGES
+        // Pipeline order is the enum's declaration order.
+        let stages = DealStage::stored_names()
             .iter()
             .map(|(stage, name)| {
                 let totals: Vec<CurrencyTotal> = rows
                     .iter()
-                    .filter(|r| r.stage == *name)
-                    .map(|r| CurrencyTotal {
-                        currency_code: r.currency_code.clone(),
-                        value_minor: r.value_minor,
-                        deal_count: r.deal_count,
+                    .filter(|total| total.stage == *name)
+                    .map(|total| CurrencyTotal {
+                        currency_code: total.currency_code.clone(),
+                        value_minor: total.value_minor,
+                        deal_count: total.deal_count,
                     })
                     .collect();
                 PipelineStageSummary {
                     stage: *stage as i32,
-                    deal_count: totals.iter().map(|t| t.deal_count).sum(),
+                    deal_count: totals.iter().map(|total| total.deal_count).sum(),
                     totals,
                 }
             })

@@ -12,13 +12,17 @@
 //! - [`activities`]: the activity log, listing by subject and time, daily counts;
 //! - [`signals`]: duplicate-dropping batch ingestion and listing;
 //! - [`scores`]: batch upsert and get;
-//! - [`audit`]: `CrmAuditService`, the audit trail every mutation above writes to.
+//! - [`audit`]: `CrmAuditService`, the audit trail every mutation above writes to;
+//! - [`purge`]: what `mosaic purge` removes for each tenant;
+//! - [`ids`]: the id newtypes of crm's resources.
 //!
-//! Shared by those: `lifecycle` (request-id idempotent creates, soft delete
-//! and undelete, turning "0 rows" into NOT_FOUND or ABORTED) and `fields`
-//! (parsers for domains, money, dates, tags, ...). [`routes`] builds the
-//! gRPC router from a [`CrmState`]; `main.rs` only serves it.
+//! The standard-method rules (request-id idempotent creates, updates, soft
+//! delete and undelete) are `mosaic_db::resource`'s, the request parsers
+//! `mosaic_api::parse`'s. [`Crm`] describes the service to the kit.
 
+use std::sync::Arc;
+
+use mosaic_core::StartupError;
 use mosaic_db::{Database, Migrations, ServiceSchema};
 use mosaic_proto::crm::{
     activity_service_server::ActivityServiceServer, company_service_server::CompanyServiceServer,
@@ -26,14 +30,14 @@ use mosaic_proto::crm::{
     deal_service_server::DealServiceServer, score_service_server::ScoreServiceServer,
     signal_service_server::SignalServiceServer,
 };
+use mosaic_server::{Deps, PurgeTenant, Service, ServiceModule, add_services};
 
 pub mod activities;
 pub mod audit;
 pub mod companies;
 pub mod contacts;
 pub mod deals;
-mod fields;
-mod lifecycle;
+pub mod ids;
 pub mod purge;
 pub mod scores;
 pub mod signals;
@@ -45,61 +49,55 @@ pub const SCHEMA: ServiceSchema = ServiceSchema {
     role: "mosaic_crm",
     extra_roles: &[],
     migrations: &MIGRATIONS,
+    // 0001 and 0002 before audit_events, idempotency_keys and the fencing
+    // moved into the migrator (same objects, written once); 0004 before its
+    // idempotency_keys index moved into the base.
+    superseded: &[
+        (
+            1,
+            "8e7795fe4a58d876d7904938a776306826506b3c126de16758b00aa5aa65405a",
+        ),
+        (
+            2,
+            "27066027a031914bef6d173791855be592560450d78c03160a5f3c1159bdb37d",
+        ),
+        (
+            4,
+            "6c7a4c2efc30730c5ac850a14db8f69c6125d19908c63e2fc035943bd720f337",
+        ),
+    ],
 };
 
-/// Fully-qualified gRPC service names, for health reporting.
-pub const SERVICE_NAMES: &[&str] = &[
-    "mosaic.crm.v1.CompanyService",
-    "mosaic.crm.v1.ContactService",
-    "mosaic.crm.v1.DealService",
-    "mosaic.crm.v1.ActivityService",
-    "mosaic.crm.v1.SignalService",
-    "mosaic.crm.v1.ScoreService",
-    "mosaic.crm.v1.CrmAuditService",
-];
+/// The crm service, for the kit.
+#[derive(Debug, Clone, Copy)]
+pub struct Crm;
 
-/// What the handlers share.
-#[derive(Debug, Clone)]
-pub struct CrmState {
-    pub db: Database,
-}
-
-/// The crm router: every crm gRPC service over one state. Requests and
-/// replies larger than `max_message_bytes` are refused by tonic (a request
-/// with OUT_OF_RANGE).
-pub fn routes(state: CrmState, max_message_bytes: usize) -> tonic::service::Routes {
-    let mut builder = tonic::service::Routes::builder();
-    add_routes(&mut builder, state, max_message_bytes);
-    builder.routes()
-}
-
-/// Adds every crm service to `builder` (the all-in-one binary mounts several services).
-pub fn add_routes(
-    builder: &mut tonic::service::RoutesBuilder,
-    state: CrmState,
-    max_message_bytes: usize,
-) {
-    macro_rules! limited {
-        ($server:expr) => {
-            $server
-                .max_decoding_message_size(max_message_bytes)
-                .max_encoding_message_size(max_message_bytes)
-        };
+impl ServiceModule for Crm {
+    fn name(&self) -> &'static str {
+        "crm"
     }
-    let db = state.db;
-    let companies = CompanyServiceServer::new(companies::Companies::new(db.clone()));
-    let contacts = ContactServiceServer::new(contacts::Contacts::new(db.clone()));
-    let deals = DealServiceServer::new(deals::Deals::new(db.clone()));
-    let activities = ActivityServiceServer::new(activities::Activities::new(db.clone()));
-    let signals = SignalServiceServer::new(signals::Signals::new(db.clone()));
-    let scores = ScoreServiceServer::new(scores::Scores::new(db.clone()));
-    let audit = CrmAuditServiceServer::new(audit::Audit::new(db));
-    builder
-        .add_service(limited!(companies))
-        .add_service(limited!(contacts))
-        .add_service(limited!(deals))
-        .add_service(limited!(activities))
-        .add_service(limited!(signals))
-        .add_service(limited!(scores))
-        .add_service(limited!(audit));
+
+    fn schema(&self) -> Option<ServiceSchema> {
+        Some(SCHEMA)
+    }
+
+    fn build(&self, deps: &Deps) -> Result<Service, StartupError> {
+        let db = deps.db()?;
+        let mut service = Service::new(deps);
+        add_services!(
+            service,
+            CompanyServiceServer::new(companies::Companies::new(db.clone())),
+            ContactServiceServer::new(contacts::Contacts::new(db.clone())),
+            DealServiceServer::new(deals::Deals::new(db.clone())),
+            ActivityServiceServer::new(activities::Activities::new(db.clone())),
+            SignalServiceServer::new(signals::Signals::new(db.clone())),
+            ScoreServiceServer::new(scores::Scores::new(db.clone())),
+            CrmAuditServiceServer::new(audit::Audit::new(db)),
+        );
+        Ok(service)
+    }
+
+    fn purger(&self, db: &Database) -> Option<Arc<dyn PurgeTenant>> {
+        Some(Arc::new(purge::Purge::new(db.clone())))
+    }
 }

@@ -12,12 +12,13 @@
 
 use chrono::{DateTime, Utc};
 use mosaic_api::ApiResult;
+pub use mosaic_api::rules::RETENTION;
+use mosaic_core::TenantId;
 use mosaic_db::idempotency::REQUEST_RETENTION;
 use mosaic_db::{Database, TenantContext, db_error};
+use mosaic_server::{BoxFuture, PurgeTenant};
 use serde_json::json;
 use uuid::Uuid;
-
-pub use crate::lifecycle::RETENTION;
 
 /// Most rows of one table removed in one transaction.
 pub const BATCH: i64 = 1000;
@@ -31,12 +32,33 @@ pub struct Purged {
     pub requests: u64,
 }
 
-impl std::ops::AddAssign for Purged {
-    fn add_assign(&mut self, o: Self) {
-        self.deals += o.deals;
-        self.contacts += o.contacts;
-        self.companies += o.companies;
-        self.requests += o.requests;
+/// crm's part of `mosaic purge`.
+#[derive(Debug)]
+pub struct Purge {
+    db: Database,
+}
+
+impl Purge {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+impl PurgeTenant for Purge {
+    fn purge_tenant(
+        &self,
+        tenant: TenantId,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'_, ApiResult<Vec<(&'static str, u64)>>> {
+        Box::pin(async move {
+            let purged = purge_tenant(&self.db, tenant, now).await?;
+            Ok(vec![
+                ("deals", purged.deals),
+                ("contacts", purged.contacts),
+                ("companies", purged.companies),
+                ("request_ids", purged.requests),
+            ])
+        })
     }
 }
 
@@ -58,7 +80,11 @@ const TABLES: [(&str, &str, &str, &str); 3] = [
 /// [`BATCH`] rows of each table (deals first, so a company they pinned can go
 /// in the same transaction) and the old request ids; another follows only
 /// while a table had more.
-pub async fn purge_tenant(db: &Database, tenant: Uuid, now: DateTime<Utc>) -> ApiResult<Purged> {
+pub async fn purge_tenant(
+    db: &Database,
+    tenant: TenantId,
+    now: DateTime<Utc>,
+) -> ApiResult<Purged> {
     let ctx = TenantContext::system(tenant, "purge");
     let mut counts = [0u64; TABLES.len()];
     let mut requests = 0;

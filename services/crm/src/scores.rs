@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use mosaic_api::{AllOk, ApiResult, Violations, validate};
+use mosaic_api::{AllOk, ApiError, ApiResult, Violations, parse};
 use mosaic_db::{Database, TenantContext};
 use mosaic_proto::crm::{
     GetScoreRequest, Score, UpsertScoresRequest, UpsertScoresResponse,
@@ -12,9 +12,9 @@ use mosaic_proto::crm::{
 };
 use mosaic_tenant::Role;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
-use crate::{companies, fields};
+use crate::companies;
+use crate::ids::CompanyId;
 
 pub(crate) mod storage;
 
@@ -25,7 +25,7 @@ const MAX_MODEL_VERSION: usize = 64;
 /// A checked score entry.
 #[derive(Debug)]
 pub(crate) struct NewScore {
-    company_id: Uuid,
+    company_id: CompanyId,
     fit: i16,
     intent: i16,
     composite: i16,
@@ -34,20 +34,22 @@ pub(crate) struct NewScore {
 }
 
 impl NewScore {
-    fn parse(s: &Score, at: &str) -> ApiResult<Self> {
-        let f = |name: &str| format!("{at}.{name}");
-        let score = |name: &str, v: i32| fields::int_range(&f(name), v, 0, 100).map(|v| v as i16);
+    fn parse(score: &Score, at: &str) -> ApiResult<Self> {
+        let field = |name: &str| format!("{at}.{name}");
+        let percent = |name: &str, raw: i32| {
+            parse::int_range(&field(name), raw, 0, 100).map(|value| value as i16)
+        };
         let (company_id, fit, intent, composite, model_version, computed_at) = (
-            validate::id(&f("company_id"), &s.company_id),
-            score("fit", s.fit),
-            score("intent", s.intent),
-            score("composite", s.composite),
-            validate::text(
-                &f("model_version"),
-                s.model_version.trim(),
+            parse::id(&field("company_id"), &score.company_id),
+            percent("fit", score.fit),
+            percent("intent", score.intent),
+            percent("composite", score.composite),
+            parse::text(
+                &field("model_version"),
+                score.model_version.trim(),
                 MAX_MODEL_VERSION,
             ),
-            fields::event_time_or_now(&f("compute_time"), s.compute_time.as_ref()),
+            parse::event_time_or_now(&field("compute_time"), score.compute_time.as_ref()),
         )
             .all_ok()?;
         Ok(Self {
@@ -81,17 +83,17 @@ impl ScoreService for Scores {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Member)?;
         let raw = &req.get_ref().scores;
-        fields::batch_len("scores", raw.len(), MAX_BATCH)?;
+        parse::batch_len("scores", raw.len(), MAX_BATCH)?;
         let mut violations = Violations::new();
-        let mut seen: HashMap<Uuid, usize> = HashMap::with_capacity(raw.len());
+        let mut seen: HashMap<CompanyId, usize> = HashMap::with_capacity(raw.len());
         let mut batch = Vec::with_capacity(raw.len());
-        for (i, s) in raw.iter().enumerate() {
-            let at = format!("scores[{i}]");
-            let Some(score) = violations.take(NewScore::parse(s, &at)) else {
+        for (index, entry) in raw.iter().enumerate() {
+            let at = format!("scores[{index}]");
+            let Some(score) = violations.take(NewScore::parse(entry, &at)) else {
                 continue;
             };
             // One statement cannot update the same row twice.
-            if let Some(first) = seen.insert(score.company_id, i) {
+            if let Some(first) = seen.insert(score.company_id, index) {
                 violations.add(
                     format!("{at}.company_id"),
                     format!("repeats scores[{first}].company_id"),
@@ -102,43 +104,40 @@ impl ScoreService for Scores {
         violations.finish()?;
 
         let mut tx = self.db.begin(&ctx).await?;
-        let ids: Vec<Uuid> = batch.iter().map(|s| s.company_id).collect();
+        let ids: Vec<CompanyId> = batch.iter().map(|score| score.company_id).collect();
         let live = companies::RESOURCE.live_ids(&mut tx, &ids).await?;
-        if let Some(i) = ids.iter().position(|id| !live.contains(id)) {
+        if let Some(index) = ids.iter().position(|id| !live.contains(id)) {
             return Err(companies::RESOURCE
-                .not_found_at(&format!("scores[{i}].company_id"))
+                .not_found_at(&format!("scores[{index}].company_id"))
                 .into());
         }
         let written = storage::upsert(&mut tx, &batch).await?;
         // One event per score written, under its company's id (a score has no
         // other); stale entries changed nothing.
-        let created: Vec<Uuid> = written
-            .iter()
-            .filter(|r| r.1)
-            .map(|r| r.0.company_id)
-            .collect();
-        let updated: Vec<Uuid> = written
-            .iter()
-            .filter(|r| !r.1)
-            .map(|r| r.0.company_id)
-            .collect();
+        let (created, updated): (Vec<_>, Vec<_>) = written.iter().partition(|write| write.created);
+        let ids_of = |writes: Vec<&storage::Written>| -> Vec<CompanyId> {
+            writes
+                .into_iter()
+                .map(|write| write.row.company_id)
+                .collect()
+        };
+        let (created, updated) = (ids_of(created), ids_of(updated));
         tx.audit_many("score.create", "score", &created, serde_json::json!({}))
             .await?;
         tx.audit_many("score.update", "score", &updated, serde_json::json!({}))
             .await?;
-        let (created, updated) = (created.len(), updated.len());
         let stale = batch.len() - written.len();
         tx.commit().await?;
 
-        let mut by_company: HashMap<Uuid, Score> = written
+        let mut by_company: HashMap<CompanyId, Score> = written
             .into_iter()
-            .map(|(row, _)| (row.company_id, row.into_proto()))
+            .map(|write| (write.row.company_id, write.row.into_proto()))
             .collect();
         let scores = ids.iter().filter_map(|id| by_company.remove(id)).collect();
         Ok(Response::new(UpsertScoresResponse {
             scores,
-            created_count: created as i32,
-            updated_count: updated as i32,
+            created_count: created.len() as i32,
+            updated_count: updated.len() as i32,
             stale_count: stale as i32,
         }))
     }
@@ -146,13 +145,12 @@ impl ScoreService for Scores {
     async fn get_score(&self, req: Request<GetScoreRequest>) -> Result<Response<Score>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
-        let id = validate::id("company_id", &req.get_ref().company_id)?;
+        let id = parse::id("company_id", &req.get_ref().company_id)?;
         let mut tx = self.db.begin(&ctx).await?;
         let row = storage::get(&mut tx, id).await?;
         tx.finish_read();
-        let row = row.ok_or_else(|| {
-            mosaic_api::ApiError::not_found("SCORE_NOT_FOUND", "the company has no scores")
-        })?;
+        let row =
+            row.ok_or_else(|| ApiError::not_found("SCORE_NOT_FOUND", "the company has no scores"))?;
         Ok(Response::new(row.into_proto()))
     }
 }

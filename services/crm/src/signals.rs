@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use mosaic_api::page::{self, PageBinding};
-use mosaic_api::{AllOk, ApiResult, Violations, validate};
+use mosaic_api::{AllOk, ApiResult, Violations, parse};
 use mosaic_db::{Database, TenantContext};
 use mosaic_proto::crm::{
     IngestSignalsRequest, IngestSignalsResponse, ListSignalsRequest, ListSignalsResponse, Signal,
@@ -14,9 +14,9 @@ use mosaic_proto::crm::{
 };
 use mosaic_tenant::Role;
 use tonic::{Code, Request, Response, Status};
-use uuid::Uuid;
 
-use crate::{companies, contacts, fields};
+use crate::ids::{CompanyId, ContactId, SignalId};
+use crate::{companies, contacts};
 
 pub(crate) mod storage;
 
@@ -36,15 +36,15 @@ pub(crate) struct NewSignal {
     event_id: String,
     signal_type: String,
     signal_hash: Option<String>,
-    company_id: Option<Uuid>,
-    contact_id: Option<Uuid>,
+    company_id: Option<CompanyId>,
+    contact_id: Option<ContactId>,
     payload: serde_json::Value,
     occurred_at: DateTime<Utc>,
 }
 
 impl NewSignal {
-    fn parse(s: &Signal, at: &str) -> ApiResult<Self> {
-        let f = |name: &str| format!("{at}.{name}");
+    fn parse(signal: &Signal, at: &str) -> ApiResult<Self> {
+        let field = |name: &str| format!("{at}.{name}");
         let (
             provider,
             event_id,
@@ -55,14 +55,18 @@ impl NewSignal {
             payload,
             occurred_at,
         ) = (
-            fields::slug(&f("provider"), &s.provider, MAX_SLUG),
-            validate::name(&f("event_id"), &s.event_id, MAX_EVENT_ID),
-            fields::slug(&f("signal_type"), &s.signal_type, MAX_SLUG),
-            fields::optional_hash(&f("signal_hash"), &s.signal_hash),
-            fields::optional_id(&f("company_id"), &s.company_id),
-            fields::optional_id(&f("contact_id"), &s.contact_id),
-            fields::json_object(&f("payload"), s.payload.as_ref(), MAX_PAYLOAD_BYTES),
-            fields::event_time_or_now(&f("occur_time"), s.occur_time.as_ref()),
+            parse::slug(&field("provider"), &signal.provider, MAX_SLUG),
+            parse::name(&field("event_id"), &signal.event_id, MAX_EVENT_ID),
+            parse::slug(&field("signal_type"), &signal.signal_type, MAX_SLUG),
+            parse::optional_hash(&field("signal_hash"), &signal.signal_hash),
+            parse::optional_id(&field("company_id"), &signal.company_id),
+            parse::optional_id(&field("contact_id"), &signal.contact_id),
+            parse::json_object(
+                &field("payload"),
+                signal.payload.as_ref(),
+                MAX_PAYLOAD_BYTES,
+            ),
+            parse::event_time_or_now(&field("occur_time"), signal.occur_time.as_ref()),
         )
             .all_ok()?;
         Ok(Self {
@@ -92,16 +96,26 @@ impl Signals {
     /// number of signals stored.
     async fn ingest_once(&self, ctx: &TenantContext, batch: &[NewSignal]) -> ApiResult<usize> {
         let mut tx = self.db.begin(ctx).await?;
-        let company_ids: Vec<Uuid> = distinct(batch.iter().filter_map(|s| s.company_id));
-        let contact_ids: Vec<Uuid> = distinct(batch.iter().filter_map(|s| s.contact_id));
+        let company_ids = distinct(batch.iter().filter_map(|signal| signal.company_id));
+        let contact_ids = distinct(batch.iter().filter_map(|signal| signal.contact_id));
         let live_companies = companies::RESOURCE.live_ids(&mut tx, &company_ids).await?;
         let live_contacts = contacts::RESOURCE.live_ids(&mut tx, &contact_ids).await?;
-        for (i, s) in batch.iter().enumerate() {
-            if s.company_id.is_some_and(|c| !live_companies.contains(&c)) {
-                return Err(companies::RESOURCE.not_found_at(&format!("signals[{i}].company_id")));
+        for (index, signal) in batch.iter().enumerate() {
+            if signal
+                .company_id
+                .is_some_and(|company| !live_companies.contains(&company))
+            {
+                return Err(
+                    companies::RESOURCE.not_found_at(&format!("signals[{index}].company_id"))
+                );
             }
-            if s.contact_id.is_some_and(|c| !live_contacts.contains(&c)) {
-                return Err(contacts::RESOURCE.not_found_at(&format!("signals[{i}].contact_id")));
+            if signal
+                .contact_id
+                .is_some_and(|contact| !live_contacts.contains(&contact))
+            {
+                return Err(
+                    contacts::RESOURCE.not_found_at(&format!("signals[{index}].contact_id"))
+                );
             }
         }
         let accepted = storage::insert_new(&mut tx, batch).await?;
@@ -117,7 +131,7 @@ impl Signals {
     }
 }
 
-fn distinct(ids: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
+fn distinct<Id: Eq + std::hash::Hash>(ids: impl Iterator<Item = Id>) -> Vec<Id> {
     ids.collect::<HashSet<_>>().into_iter().collect()
 }
 
@@ -130,12 +144,14 @@ impl SignalService for Signals {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Member)?;
         let raw = &req.get_ref().signals;
-        fields::batch_len("signals", raw.len(), MAX_BATCH)?;
+        parse::batch_len("signals", raw.len(), MAX_BATCH)?;
         let mut violations = Violations::new();
         let mut batch: Vec<NewSignal> = raw
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| violations.take(NewSignal::parse(s, &format!("signals[{i}]"))))
+            .filter_map(|(index, signal)| {
+                violations.take(NewSignal::parse(signal, &format!("signals[{index}]")))
+            })
             .collect();
         violations.finish()?;
         // Inserting in key order makes concurrent batches of the same events
@@ -148,7 +164,7 @@ impl SignalService for Signals {
         let mut attempt = 1;
         let accepted = loop {
             match self.ingest_once(&ctx, &batch).await {
-                Err(e) if e.code() == Code::Aborted && attempt < INGEST_ATTEMPTS => {
+                Err(error) if error.code() == Code::Aborted && attempt < INGEST_ATTEMPTS => {
                     tracing::warn!(attempt, "signal ingest retried after a lost race");
                     attempt += 1;
                 }
@@ -167,27 +183,27 @@ impl SignalService for Signals {
     ) -> Result<Response<ListSignalsResponse>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
-        let r = req.get_ref();
+        let request = req.get_ref();
         let binding = PageBinding::new("ListSignals")
             .with(ctx.tenant_id()?)
-            .with(&r.provider)
-            .with(&r.signal_type)
-            .with(&r.company_id)
-            .with(&r.contact_id);
+            .with(&request.provider)
+            .with(&request.signal_type)
+            .with(&request.company_id)
+            .with(&request.contact_id);
         let optional_slug = |field: &str, raw: &str| -> ApiResult<Option<String>> {
             if raw.is_empty() {
                 Ok(None)
             } else {
-                fields::slug(field, raw, MAX_SLUG).map(Some)
+                parse::slug(field, raw, MAX_SLUG).map(Some)
             }
         };
         let (size, after, provider, signal_type, company_id, contact_id) = (
-            validate::page_size("page_size", r.page_size),
-            page::decode::<Uuid>(&binding, &r.page_token),
-            optional_slug("provider", &r.provider),
-            optional_slug("signal_type", &r.signal_type),
-            fields::optional_id("company_id", &r.company_id),
-            fields::optional_id("contact_id", &r.contact_id),
+            parse::page_size("page_size", request.page_size),
+            page::decode::<SignalId>(&binding, &request.page_token),
+            optional_slug("provider", &request.provider),
+            optional_slug("signal_type", &request.signal_type),
+            parse::optional_id("company_id", &request.company_id),
+            parse::optional_id("contact_id", &request.contact_id),
         )
             .all_ok()?;
         let filter = storage::SignalFilter {
@@ -199,7 +215,8 @@ impl SignalService for Signals {
         let mut tx = self.db.begin(&ctx).await?;
         let rows = storage::list_page(&mut tx, &filter, after, size).await?;
         tx.finish_read();
-        let (rows, next_page_token) = page::split_page(rows, size, &binding, |s| s.signal_id);
+        let (rows, next_page_token) =
+            page::split_page(rows, size, &binding, |signal| signal.signal_id);
         Ok(Response::new(ListSignalsResponse {
             signals: rows
                 .into_iter()

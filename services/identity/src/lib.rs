@@ -2,23 +2,28 @@
 //! exchange of an API key for a short-lived token. Schema `identity`, runtime
 //! role `mosaic_identity`.
 //!
-//! Layout: one module per resource, each with its handlers (parse → store →
-//! map) and a `store` submodule holding its SQL: [`tenants`], [`members`],
-//! [`api_keys`], [`tokens`]; [`audit`] serves the audit trail. [`routes`]
-//! builds the gRPC router from an [`IdentityState`]; `main.rs` only serves it.
+//! Layout: one module per resource, each with its handlers (parse → storage
+//! → map) and a `storage` submodule holding its SQL: [`tenants`],
+//! [`members`], [`api_keys`], [`tokens`]; [`audit`] serves the audit trail,
+//! [`purge`] is identity's part of `mosaic purge` (and the tenant list it
+//! walks), [`ids`] the id newtypes. [`Identity`] describes the service to the kit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use mosaic_core::StartupError;
 use mosaic_db::{Database, Migrations, ServiceSchema};
 use mosaic_proto::identity::{
     api_key_service_server::ApiKeyServiceServer, audit_service_server::AuditServiceServer,
     member_service_server::MemberServiceServer, tenant_service_server::TenantServiceServer,
     token_service_server::TokenServiceServer,
 };
+use mosaic_server::{Deps, PurgeTenant, Service, ServiceModule, add_services};
 use mosaic_tenant::{AuthConfig, TokenSigner};
 
 pub mod api_keys;
 pub mod audit;
+pub mod ids;
 pub mod members;
 pub mod purge;
 pub mod tenants;
@@ -34,106 +39,75 @@ pub const SCHEMA: ServiceSchema = ServiceSchema {
     role: "mosaic_identity",
     extra_roles: &[PLATFORM_ROLE],
     migrations: &MIGRATIONS,
+    // Before audit_events, idempotency_keys and the fencing moved into the
+    // migrator (the same objects, written once).
+    superseded: &[
+        (
+            1,
+            "9794b7741ce9dc582aab27f4b0b8ac307074a3088b912a25ca2ff56a78cf5c79",
+        ),
+        (
+            2,
+            "3473e99f1f73d3c470523852328a57f60a57dc689a0283eb383082eae969a570",
+        ),
+    ],
 };
-
-/// gRPC service names, for health reporting.
-pub const SERVICE_NAMES: &[&str] = &[
-    "mosaic.identity.v1.TenantService",
-    "mosaic.identity.v1.MemberService",
-    "mosaic.identity.v1.ApiKeyService",
-    "mosaic.identity.v1.TokenService",
-    "mosaic.identity.v1.AuditService",
-];
 
 /// Methods callable without a bearer token: the API key is the credential.
 pub const PUBLIC_METHODS: &[&str] = &["/mosaic.identity.v1.TokenService/ExchangeApiKey"];
 
-/// What the handlers share.
+/// `MOSAIC_TOKEN_TTL_SECS`: lifetime of exchanged tokens (default 900).
+pub const TOKEN_TTL_SECS: &str = "MOSAIC_TOKEN_TTL_SECS";
+
+/// What the token exchange needs besides the database.
 #[derive(Debug, Clone)]
-pub struct IdentityState {
-    pub db: Database,
+pub struct TokenIssuer {
     /// Signs exchanged tokens; its issuer and audience come from `auth`.
     pub signer: TokenSigner,
     pub auth: AuthConfig,
     /// Lifetime of an exchanged token when the request names none.
-    pub default_token_ttl: Duration,
+    pub default_ttl: Duration,
 }
 
-/// The identity router: every identity gRPC service over one state.
-pub fn routes(state: IdentityState, max_message_bytes: usize) -> tonic::service::Routes {
-    let mut builder = tonic::service::Routes::builder();
-    add_routes(&mut builder, state, max_message_bytes);
-    builder.routes()
-}
+/// The identity service, for the kit.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity;
 
-/// Adds every identity service to `builder` (the all-in-one binary mounts several services).
-pub fn add_routes(
-    builder: &mut tonic::service::RoutesBuilder,
-    state: IdentityState,
-    max_message_bytes: usize,
-) {
-    macro_rules! limited {
-        ($server:expr) => {
-            $server
-                .max_decoding_message_size(max_message_bytes)
-                .max_encoding_message_size(max_message_bytes)
+impl ServiceModule for Identity {
+    fn name(&self) -> &'static str {
+        "identity"
+    }
+
+    fn schema(&self) -> Option<ServiceSchema> {
+        Some(SCHEMA)
+    }
+
+    fn public_methods(&self) -> &'static [&'static str] {
+        PUBLIC_METHODS
+    }
+
+    fn build(&self, deps: &Deps) -> Result<Service, StartupError> {
+        let db = deps.db()?.with_platform_role(PLATFORM_ROLE);
+        let issuer = TokenIssuer {
+            signer: deps.tokens.signer()?,
+            auth: deps.tokens.verify.clone(),
+            default_ttl: deps.env.positive_secs(TOKEN_TTL_SECS, 900)?,
         };
-    }
-    let db = state.db.clone();
-    builder
-        .add_service(limited!(TenantServiceServer::new(tenants::Tenants::new(
-            db.clone()
-        ))))
-        .add_service(limited!(MemberServiceServer::new(members::Members::new(
-            db.clone()
-        ))))
-        .add_service(limited!(ApiKeyServiceServer::new(api_keys::ApiKeys::new(
-            db.clone()
-        ))))
-        .add_service(limited!(TokenServiceServer::new(tokens::Tokens::new(
-            state
-        ))))
-        .add_service(limited!(AuditServiceServer::new(audit::Audit::new(db))));
-}
-
-/// Lowercase names of the proto enums as stored in the database.
-pub(crate) mod names {
-    use mosaic_proto::identity::{Plan, Role as PbRole};
-    use mosaic_tenant::Role;
-
-    pub fn plan(p: Plan) -> &'static str {
-        match p {
-            Plan::Free | Plan::Unspecified => "free",
-            Plan::Pro => "pro",
-            Plan::Enterprise => "enterprise",
-        }
+        let mut service = Service::new(deps);
+        add_services!(
+            service,
+            TenantServiceServer::new(tenants::Tenants::new(db.clone())),
+            MemberServiceServer::new(members::Members::new(db.clone())),
+            ApiKeyServiceServer::new(api_keys::ApiKeys::new(db.clone())),
+            TokenServiceServer::new(tokens::Tokens::new(db.clone(), issuer)),
+            AuditServiceServer::new(audit::Audit::new(db)),
+        );
+        Ok(service)
     }
 
-    pub fn plan_from(s: &str) -> Plan {
-        match s {
-            "pro" => Plan::Pro,
-            "enterprise" => Plan::Enterprise,
-            _ => Plan::Free,
-        }
-    }
-
-    pub fn role(r: PbRole) -> Option<Role> {
-        match r {
-            PbRole::Owner => Some(Role::Owner),
-            PbRole::Admin => Some(Role::Admin),
-            PbRole::Member => Some(Role::Member),
-            PbRole::Viewer => Some(Role::Viewer),
-            PbRole::Unspecified => None,
-        }
-    }
-
-    pub fn role_to_pb(s: &str) -> PbRole {
-        match Role::parse(s) {
-            Some(Role::Owner) => PbRole::Owner,
-            Some(Role::Admin) => PbRole::Admin,
-            Some(Role::Member) => PbRole::Member,
-            Some(Role::Viewer) => PbRole::Viewer,
-            None => PbRole::Unspecified,
-        }
+    fn purger(&self, db: &Database) -> Option<Arc<dyn PurgeTenant>> {
+        Some(Arc::new(purge::Purge::new(
+            db.clone().with_platform_role(PLATFORM_ROLE),
+        )))
     }
 }

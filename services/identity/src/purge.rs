@@ -6,16 +6,21 @@
 
 use chrono::{DateTime, Utc};
 use mosaic_api::ApiResult;
+use mosaic_core::TenantId;
 use mosaic_db::idempotency::REQUEST_RETENTION;
 use mosaic_db::{Database, TenantContext, db_error};
-use uuid::Uuid;
+use mosaic_server::{BoxFuture, PurgeTenant};
 
 /// Where platform operations (CreateTenant) keep their `request_id` claims.
 pub use crate::tenants::PLATFORM_SCOPE;
 
 /// Up to `limit` tenant ids after `after`, deleted ones included, in id
-/// order (the platform read path).
-pub async fn tenant_ids(db: &Database, after: Option<Uuid>, limit: i64) -> ApiResult<Vec<Uuid>> {
+/// order (the platform read path). `db` needs the platform role.
+pub async fn tenant_ids(
+    db: &Database,
+    after: Option<TenantId>,
+    limit: i64,
+) -> ApiResult<Vec<TenantId>> {
     let ctx = TenantContext::system_platform("purge");
     let mut tx = db.begin_platform(&ctx).await?;
     let ids = sqlx::query_scalar(
@@ -32,9 +37,42 @@ pub async fn tenant_ids(db: &Database, after: Option<Uuid>, limit: i64) -> ApiRe
 }
 
 /// Forgets `tenant`'s `request_id` claims older than the retention; returns how many.
-pub async fn purge_tenant(db: &Database, tenant: Uuid, now: DateTime<Utc>) -> ApiResult<u64> {
+pub async fn purge_tenant(db: &Database, tenant: TenantId, now: DateTime<Utc>) -> ApiResult<u64> {
     let mut tx = db.begin(&TenantContext::system(tenant, "purge")).await?;
-    let n = tx.expire_requests(now - REQUEST_RETENTION).await?;
+    let expired = tx.expire_requests(now - REQUEST_RETENTION).await?;
     tx.commit().await?;
-    Ok(n)
+    Ok(expired)
+}
+
+/// identity's part of `mosaic purge`.
+#[derive(Debug)]
+pub struct Purge {
+    db: Database,
+}
+
+impl Purge {
+    /// `db` with the platform role, for the tenant list.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// The pool, for walking the tenants ([`tenant_ids`]).
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+}
+
+impl PurgeTenant for Purge {
+    fn purge_tenant(
+        &self,
+        tenant: TenantId,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'_, ApiResult<Vec<(&'static str, u64)>>> {
+        Box::pin(async move {
+            Ok(vec![(
+                "request_ids",
+                purge_tenant(&self.db, tenant, now).await?,
+            )])
+        })
+    }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use mosaic_api::{ApiError, ApiResult, convert};
-use mosaic_db::TenantContext;
+use mosaic_db::{Database, TenantContext};
 use mosaic_proto::identity::{
     ExchangeApiKeyRequest, ExchangeApiKeyResponse, token_service_server::TokenService,
 };
@@ -14,8 +14,8 @@ use mosaic_tenant::Claims;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
-use crate::IdentityState;
-use crate::api_keys::{hash, parse_secret, store};
+use crate::TokenIssuer;
+use crate::api_keys::{hash, parse_secret, storage};
 
 const MIN_TTL: u64 = 60;
 const MAX_TTL: u64 = 3600;
@@ -26,17 +26,18 @@ fn invalid() -> ApiError {
 
 #[derive(Debug)]
 pub struct Tokens {
-    state: IdentityState,
+    db: Database,
+    issuer: TokenIssuer,
 }
 
 impl Tokens {
-    pub fn new(state: IdentityState) -> Self {
-        Self { state }
+    pub fn new(db: Database, issuer: TokenIssuer) -> Self {
+        Self { db, issuer }
     }
 
-    async fn exchange(&self, r: &ExchangeApiKeyRequest) -> ApiResult<ExchangeApiKeyResponse> {
-        let ttl = match r.ttl_seconds {
-            0 => self.state.default_token_ttl,
+    async fn exchange(&self, request: &ExchangeApiKeyRequest) -> ApiResult<ExchangeApiKeyResponse> {
+        let ttl = match request.ttl_seconds {
+            0 => self.issuer.default_ttl,
             n if (MIN_TTL..=MAX_TTL).contains(&(n as u64)) && n > 0 => {
                 Duration::from_secs(n as u64)
             }
@@ -47,15 +48,15 @@ impl Tokens {
                 ));
             }
         };
-        let (tenant, key_id) = parse_secret(&r.api_key).ok_or_else(invalid)?;
+        let (tenant, key_id) = parse_secret(&request.api_key).ok_or_else(invalid)?;
         // Nobody is authenticated yet: act as the exchange itself, inside the
         // tenant the key names (RLS still fences every read).
         let ctx = TenantContext::system(tenant, "token-exchange");
-        let mut tx = self.state.db.begin(&ctx).await?;
-        let row = store::for_exchange(&mut tx, key_id).await?;
+        let mut tx = self.db.begin(&ctx).await?;
+        let row = storage::for_exchange(&mut tx, key_id).await?;
         tx.finish_read();
         let row = row.ok_or_else(invalid)?;
-        if !bool::from(row.secret_hash.ct_eq(&hash(&r.api_key))) {
+        if !bool::from(row.secret_hash.ct_eq(&hash(&request.api_key))) {
             return Err(invalid());
         }
         if row.revoked_at.is_some() {
@@ -77,13 +78,13 @@ impl Tokens {
             ));
         }
         let claims = Claims::new(
-            &self.state.auth,
+            &self.issuer.auth,
             format!("key:{key_id}"),
             Some(tenant),
             vec![row.role],
             ttl,
         );
-        let access_token = self.state.signer.sign(&claims)?;
+        let access_token = self.issuer.signer.sign(&claims)?;
         let expire = chrono::DateTime::from_timestamp(claims.exp as i64, 0).unwrap_or_default();
         tracing::info!(tenant = %tenant, api_key = %key_id, "api key exchanged");
         Ok(ExchangeApiKeyResponse {

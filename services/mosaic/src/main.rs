@@ -1,114 +1,173 @@
-//! `mosaic`: run the whole suite, migrate, or mint a local token.
-//!
-//! ```text
-//! mosaic serve
-//! mosaic migrate
-//! mosaic purge
-//! mosaic token [--tenant UUID] [--sub PRINCIPAL] [--role ROLE]... [--ttl SECONDS]
-//! ```
+//! `mosaic`: run the whole suite, migrate, purge, or mint a local token.
+//! `mosaic --help` and `mosaic <command> --help` describe every flag.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use mosaic::{SuiteConfig, migrate, run};
-use mosaic_db::DbConfig;
-use mosaic_server::{Shutdown, init_logging, sigterm_or_ctrl_c};
-use mosaic_tenant::{Claims, TokenSigner};
-use uuid::Uuid;
-
-const USAGE: &str = "usage: mosaic serve | mosaic migrate | mosaic purge | mosaic token [--tenant UUID] [--sub PRINCIPAL] [--role ROLE]... [--ttl SECONDS]";
+use clap::{Parser, Subcommand};
+use mosaic_core::{Env, StartupError, TenantId};
+use mosaic_server::cli::block_on;
+use mosaic_server::suite::ADMIN_DATABASE_URL;
+use mosaic_server::{ServeArgs, ServerConfig, init_logging, report};
+use mosaic_tenant::{Claims, TokenSettings};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("serve") => serve().await,
-        Some("migrate") => {
-            let config = mosaic_server::ServerConfig::from_env()?;
-            init_logging(&config.log_filter, config.log_json)?;
-            let services = [
-                (
-                    mosaic_identity::SCHEMA,
-                    DbConfig::from_env("identity").map_err(anyhow::Error::msg)?,
-                ),
-                (
-                    mosaic_crm::SCHEMA,
-                    DbConfig::from_env("crm").map_err(anyhow::Error::msg)?,
-                ),
-            ];
-            let applied = migrate(&mosaic::admin_url(), &services).await?;
-            tracing::info!(applied = applied.len(), "database is up to date");
-            Ok(())
-        }
-        Some("purge") => {
-            let config = mosaic_server::ServerConfig::from_env()?;
-            init_logging(&config.log_filter, config.log_json)?;
-            let report = mosaic::purge(
-                &DbConfig::from_env("identity").map_err(anyhow::Error::msg)?,
-                &DbConfig::from_env("crm").map_err(anyhow::Error::msg)?,
-                chrono::Utc::now(),
-            )
-            .await?;
-            tracing::info!(
-                tenants = report.tenants,
-                deals = report.crm.deals,
-                contacts = report.crm.contacts,
-                companies = report.crm.companies,
-                crm_request_ids = report.crm.requests,
-                identity_request_ids = report.identity_requests,
-                "purge done"
-            );
-            Ok(())
-        }
-        Some("token") => token(&args[1..]),
-        _ => bail!(USAGE),
-    }
+/// Mosaic, the data platform: every service in one process, and the operator
+/// commands.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mosaic",
+    version,
+    after_help = "Settings are MOSAIC_* environment variables (see the README's configuration \
+                  table); a flag shown with [env: ...] sets the same one."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-async fn serve() -> anyhow::Result<()> {
-    let config = SuiteConfig::from_env()?;
-    init_logging(&config.server.log_filter, config.server.log_json)?;
-    let listener = tokio::net::TcpListener::bind(config.server.grpc_addr)
-        .await
-        .with_context(|| format!("binding {}", config.server.grpc_addr))?;
-    run(listener, config, Shutdown::new(), sigterm_or_ctrl_c()).await
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve every service on one port until SIGTERM or Ctrl-C
+    Serve(ServeArgs),
+    /// Create the roles, database and schemas, then apply pending migrations
+    Migrate {
+        /// A PostgreSQL login that may create roles and databases
+        /// [default: the local mosaic_admin]
+        #[arg(long, value_name = "URL", env = ADMIN_DATABASE_URL, hide_env_values = true)]
+        admin_url: Option<String>,
+    },
+    /// Remove what has expired (soft-deleted rows past their retention, old
+    /// request ids), tenant by tenant, through the services' own roles
+    Purge,
+    /// Print a token signed with the local key (MOSAIC_JWT_HS256_SECRET or
+    /// MOSAIC_JWT_PRIVATE_KEY), for probing with grpcurl
+    Token {
+        /// The tenant the token acts for; without one it is a platform-admin token
+        #[arg(long, value_name = "UUID")]
+        tenant: Option<uuid::Uuid>,
+        /// The principal (`user:<id>`, `key:<id>`, `platform:<name>`)
+        #[arg(long, value_name = "PRINCIPAL", default_value = "platform:local")]
+        sub: String,
+        /// A role (repeatable) [default: owner with --tenant, else platform_admin]
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Lifetime in seconds
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        ttl: u64,
+    },
 }
 
-/// Prints a token signed with the local key, for probing with grpcurl.
-fn token(args: &[String]) -> anyhow::Result<()> {
-    let (auth, key) = mosaic_tenant::token::from_env().map_err(anyhow::Error::msg)?;
-    let key = key.context(
-        "no signing key in the local config: set MOSAIC_JWT_HS256_SECRET (see .data/mosaic.env)",
-    )?;
-    let (mut tenant, mut sub, mut roles, mut ttl) = (None, None, Vec::new(), 3600u64);
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-        match flag.as_str() {
-            "--tenant" => tenant = Some(Uuid::parse_str(value).context("--tenant: not a UUID")?),
-            "--sub" => sub = Some(value.clone()),
-            "--role" => roles.push(value.clone()),
-            "--ttl" => ttl = value.parse().context("--ttl: seconds")?,
-            _ => bail!("unknown flag {flag}\n{USAGE}"),
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = Env::process();
+    report(match cli.command {
+        Command::Serve(args) => block_on(async {
+            mosaic_server::suite::serve_until_signal(mosaic::SERVICES, &args.apply(env)).await
+        }),
+        Command::Migrate { admin_url } => {
+            let env = match admin_url {
+                Some(url) => env.with(ADMIN_DATABASE_URL, url),
+                None => env,
+            };
+            block_on(migrate(env))
         }
-    }
-    if roles.is_empty() {
-        roles.push(
-            if tenant.is_some() {
-                "owner"
-            } else {
-                "platform_admin"
-            }
-            .to_owned(),
-        );
-    }
-    let sub = sub.unwrap_or_else(|| "platform:local".to_owned());
-    let claims = Claims::new(&auth, sub, tenant, roles, Duration::from_secs(ttl));
-    println!("{}", TokenSigner::new(&key)?.sign(&claims)?);
+        Command::Purge => block_on(purge(env)),
+        Command::Token {
+            tenant,
+            sub,
+            roles,
+            ttl,
+        } => token(&env, tenant.map(TenantId::from), sub, roles, ttl),
+    })
+}
+
+fn logging(env: &Env) -> Result<(), StartupError> {
+    let config = ServerConfig::from_env(env)?;
+    Ok(init_logging(&config.log_filter, config.log_json)?)
+}
+
+async fn migrate(env: Env) -> Result<(), StartupError> {
+    logging(&env)?;
+    let applied = mosaic::migrate(&env).await?;
+    tracing::info!(applied = applied.len(), "database is up to date");
     Ok(())
+}
+
+async fn purge(env: Env) -> Result<(), StartupError> {
+    logging(&env)?;
+    let report = mosaic::purge(&env, chrono::Utc::now()).await?;
+    tracing::info!(tenants = report.tenants, removed = ?report.removed, "purge done");
+    Ok(())
+}
+
+/// Prints a token signed with the local key.
+fn token(
+    env: &Env,
+    tenant: Option<TenantId>,
+    sub: String,
+    mut roles: Vec<String>,
+    ttl: u64,
+) -> Result<(), StartupError> {
+    let settings = TokenSettings::from_env(env)?;
+    let signer = settings.signer()?;
+    if roles.is_empty() {
+        let role = if tenant.is_some() {
+            "owner"
+        } else {
+            "platform_admin"
+        };
+        roles.push(role.to_owned());
+    }
+    let claims = Claims::new(
+        &settings.verify,
+        sub,
+        tenant,
+        roles,
+        Duration::from_secs(ttl),
+    );
+    let token = signer
+        .sign(&claims)
+        .map_err(|e| StartupError::refused(format_args!("signing the token: {e}")))?;
+    println!("{token}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_has_help_and_flags_name_their_variables() {
+        Cli::command().debug_assert();
+        let mut command = Cli::command();
+        let help = command.render_long_help().to_string();
+        for name in ["serve", "migrate", "purge", "token"] {
+            assert!(help.contains(name), "{name} in {help}");
+        }
+        let serve = Cli::command()
+            .find_subcommand_mut("serve")
+            .expect("serve")
+            .render_long_help()
+            .to_string();
+        assert!(serve.contains("[env: MOSAIC_GRPC_ADDR"), "{serve}");
+        let migrate = Cli::command()
+            .find_subcommand_mut("migrate")
+            .expect("migrate")
+            .render_long_help()
+            .to_string();
+        assert!(
+            migrate.contains("[env: MOSAIC_ADMIN_DATABASE_URL"),
+            "{migrate}"
+        );
+        let token = Cli::try_parse_from(["mosaic", "token", "--role", "admin", "--role", "member"])
+            .expect("token flags");
+        assert!(matches!(token.command, Command::Token { ref roles, .. } if roles.len() == 2));
+        assert!(Cli::try_parse_from(["mosaic", "token", "--ttl", "x"]).is_err());
+        assert!(Cli::try_parse_from(["mosaic", "token", "--ttl", "0"]).is_err());
+    }
 }

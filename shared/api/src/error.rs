@@ -139,6 +139,51 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The error a peer service answered with, read back from its status:
+    /// code, `ErrorInfo` reason, message, `BadRequest` fields and
+    /// `RetryInfo` delay. The decoding half of `From<ApiError> for Status`,
+    /// for service-to-service calls (see `mosaic_tenant::client`, which
+    /// decides what a caller of ours should see).
+    pub fn from_status(status: &Status) -> Self {
+        let details = status.get_error_details();
+        let reason = details
+            .error_info()
+            .map(|info| info.reason.clone())
+            .unwrap_or_else(|| format!("{:?}", status.code()).to_uppercase());
+        let violations: Vec<FieldViolation> = details
+            .bad_request()
+            .map(|bad| {
+                bad.field_violations
+                    .iter()
+                    .map(|v| FieldViolation {
+                        field: v.field.clone(),
+                        description: v.description.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Our own statuses append the violations to the message; drop that
+        // tail so it is not repeated when the error is sent on.
+        let message = match status.message().rsplit_once(" (") {
+            Some((head, _)) if !violations.is_empty() => head.to_owned(),
+            _ => status.message().to_owned(),
+        };
+        Self {
+            code: status.code(),
+            reason,
+            message,
+            violations,
+            retry_after: details.retry_info().and_then(|retry| retry.retry_delay),
+        }
+    }
+
+    /// The `RetryInfo` delay, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?} {}: {}", self.code, self.reason, self.message)
@@ -254,6 +299,28 @@ mod tests {
     }
 
     #[test]
+    fn a_status_reads_back_into_the_same_error() {
+        let mut v = Violations::new();
+        v.add("deal.stage", "unknown value 9");
+        let sent = v.finish().unwrap_err();
+        let back = ApiError::from_status(&Status::from(sent.clone()));
+        assert_eq!(back.code(), Code::InvalidArgument);
+        assert_eq!(back.reason(), "INVALID_ARGUMENT");
+        assert_eq!(back.message(), sent.message());
+        assert_eq!(back.violations(), sent.violations());
+
+        let limited = ApiError::resource_exhausted("RATE_LIMITED", Duration::from_millis(250));
+        let back = ApiError::from_status(&Status::from(limited));
+        assert_eq!(back.retry_after(), Some(Duration::from_millis(250)));
+
+        let bare = ApiError::from_status(&Status::unavailable("down"));
+        assert_eq!(
+            (bare.code(), bare.reason(), bare.message()),
+            (Code::Unavailable, "UNAVAILABLE", "down")
+        );
+    }
+
+    #[test]
     fn internal_hides_the_cause() {
         let status: Status = ApiError::internal("relation \"secret_table\" does not exist").into();
         assert_eq!(status.code(), Code::Internal);
@@ -265,7 +332,7 @@ mod tests {
 /// naming every bad field.
 ///
 /// ```text
-/// let (size, after) = (validate::page_size("page_size", n), page::decode(&b, t)).all_ok()?;
+/// let (size, after) = (parse::page_size("page_size", n), page::decode(&b, t)).all_ok()?;
 /// ```
 pub trait AllOk {
     type Out;

@@ -15,22 +15,39 @@ impl UpdateMask {
         if paths.is_empty() || paths == ["*"] {
             return Ok(Self(allowed.iter().map(|s| (*s).to_owned()).collect()));
         }
-        for p in paths {
-            if !allowed.contains(&p.as_str()) {
+        for path in paths {
+            if !allowed.contains(&path.as_str()) {
                 return Err(ApiError::invalid_argument(
                     "update_mask",
                     format!(
-                        "unknown or immutable path {p:?}; allowed: {}",
+                        "unknown or immutable path {path:?}; allowed: {}",
                         allowed.join(", ")
                     ),
                 ));
             }
         }
-        Ok(Self(paths.to_vec()))
+        // In the order of `allowed`, each once.
+        Ok(Self(
+            allowed
+                .iter()
+                .filter(|name| paths.iter().any(|path| path == *name))
+                .map(|name| (*name).to_owned())
+                .collect(),
+        ))
     }
 
     pub fn contains(&self, path: &str) -> bool {
         self.0.iter().any(|p| p == path)
+    }
+
+    /// The paths, in the order the resource declares its fields.
+    pub fn paths(&self) -> &[String] {
+        &self.0
+    }
+
+    /// What an update's audit event records: `{"fields": [the paths]}`.
+    pub fn audit_details(&self) -> serde_json::Value {
+        serde_json::json!({ "fields": self.0 })
     }
 }
 
@@ -47,6 +64,15 @@ mod tests {
         };
         let one = UpdateMask::parse(Some(&m), &["a", "b"]).unwrap();
         assert!(!one.contains("a") && one.contains("b"));
+        let twice = FieldMask {
+            paths: vec!["b".into(), "a".into(), "b".into()],
+        };
+        let ordered = UpdateMask::parse(Some(&twice), &["a", "b"]).unwrap();
+        assert_eq!(ordered.paths(), ["a", "b"]);
+        assert_eq!(
+            ordered.audit_details(),
+            serde_json::json!({"fields": ["a", "b"]})
+        );
         let bad = FieldMask {
             paths: vec!["tenant_id".into()],
         };

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use mosaic_core::{ConfigError, Env, Secret};
+
 const PER_SECOND: &str = "MOSAIC_RATE_LIMIT_PER_SECOND";
 const BURST: &str = "MOSAIC_RATE_LIMIT_BURST";
 const REDIS_URL: &str = "MOSAIC_REDIS_URL";
@@ -17,8 +19,8 @@ pub struct RateLimitConfig {
     pub burst: u32,
     /// Longest a check waits on Redis before it fails open.
     pub timeout: Duration,
-    /// Where Redis is, e.g. `redis://127.0.0.1:6379`.
-    pub redis_url: String,
+    /// Where Redis is, e.g. `redis://127.0.0.1:6379` (shown without its password).
+    pub redis_url: Secret,
 }
 
 impl Default for RateLimitConfig {
@@ -27,7 +29,7 @@ impl Default for RateLimitConfig {
             per_second: 1000,
             burst: 2000,
             timeout: Duration::from_millis(50),
-            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            redis_url: Secret::url("redis://127.0.0.1:6379"),
         }
     }
 }
@@ -36,54 +38,28 @@ impl RateLimitConfig {
     /// Reads `MOSAIC_RATE_LIMIT_PER_SECOND` (default 1000; `0` disables),
     /// `MOSAIC_RATE_LIMIT_BURST` (default 2000), `MOSAIC_REDIS_URL` (default
     /// `redis://127.0.0.1:6379`) and `MOSAIC_REDIS_TIMEOUT_MS` (default 50).
-    /// A value that is set but not a whole number is an error.
-    pub fn from_env() -> Result<Self, String> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        Ok(Self {
+            per_second: env.parse(PER_SECOND, defaults.per_second)?,
+            burst: env.parse(BURST, defaults.burst)?,
+            timeout: env.millis(REDIS_TIMEOUT_MS, 50)?,
+            redis_url: env.url(REDIS_URL, defaults.redis_url.expose())?,
+        })
     }
 
     /// Whether checks consult Redis at all.
     pub fn enabled(&self) -> bool {
         self.per_second > 0
     }
-
-    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let var = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let num = |name: &str, default: u64| -> Result<u64, String> {
-            match var(name) {
-                Some(v) => v
-                    .parse()
-                    .map_err(|_| format!("{name}: expected a whole number, got {v:?}")),
-                None => Ok(default),
-            }
-        };
-        let small = |name: &str, default: u32| -> Result<u32, String> {
-            u32::try_from(num(name, default.into())?).map_err(|_| format!("{name}: too large"))
-        };
-        let d = Self::default();
-        Ok(Self {
-            per_second: small(PER_SECOND, d.per_second)?,
-            burst: small(BURST, d.burst)?,
-            timeout: Duration::from_millis(num(REDIS_TIMEOUT_MS, 50)?),
-            redis_url: var(REDIS_URL).unwrap_or(d.redis_url),
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    fn from(vars: &[(&str, &str)]) -> Result<RateLimitConfig, String> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        RateLimitConfig::from_lookup(|n| map.get(n).cloned())
+    fn from(vars: &[(&str, &str)]) -> Result<RateLimitConfig, ConfigError> {
+        RateLimitConfig::from_env(&Env::from_pairs(vars.iter().copied()))
     }
 
     #[test]
@@ -94,7 +70,7 @@ mod tests {
             (c.per_second, c.burst, c.timeout),
             (1000, 2000, Duration::from_millis(50))
         );
-        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.redis_url.expose(), "redis://127.0.0.1:6379");
         assert!(c.enabled());
     }
 
@@ -111,9 +87,9 @@ mod tests {
             (c.per_second, c.burst, c.timeout),
             (5, 7, Duration::from_millis(20))
         );
-        assert_eq!(c.redis_url, "redis://r:1");
+        assert_eq!(c.redis_url.expose(), "redis://r:1");
         assert!(!from(&[(PER_SECOND, "0")]).unwrap().enabled());
-        assert!(from(&[(BURST, "many")]).unwrap_err().contains(BURST));
+        assert_eq!(from(&[(BURST, "many")]).unwrap_err().name(), BURST);
         assert!(from(&[(PER_SECOND, "99999999999")]).is_err());
     }
 }

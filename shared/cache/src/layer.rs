@@ -112,7 +112,6 @@ mod tests {
     use std::time::Duration;
 
     use tonic_types::StatusExt;
-    use uuid::Uuid;
 
     use crate::config::RateLimitConfig;
 
@@ -121,8 +120,10 @@ mod tests {
             per_second,
             burst,
             timeout: Duration::from_secs(2),
-            redis_url: std::env::var("MOSAIC_REDIS_URL")
-                .unwrap_or_else(|_| RateLimitConfig::default().redis_url),
+            redis_url: mosaic_core::Secret::url(
+                std::env::var("MOSAIC_REDIS_URL")
+                    .unwrap_or_else(|_| RateLimitConfig::default().redis_url.expose().to_owned()),
+            ),
         })
         .unwrap()
     }
@@ -161,7 +162,7 @@ mod tests {
     async fn over_the_limit_is_resource_exhausted_with_retry_info() {
         let calls = Arc::new(AtomicUsize::new(0));
         let mut svc = RateLimitLayer::new(limiter(1, 1)).layer(counting(calls.clone()));
-        let tenant = Uuid::new_v4();
+        let tenant = mosaic_core::TenantId::new();
         let ctx = TenantContext::system(tenant, "test");
 
         let ok = call(&mut svc, Some(ctx.clone())).await;
@@ -188,7 +189,7 @@ mod tests {
         // Another tenant still gets through.
         let other = call(
             &mut svc,
-            Some(TenantContext::system(Uuid::new_v4(), "test")),
+            Some(TenantContext::system(mosaic_core::TenantId::new(), "test")),
         )
         .await;
         assert_eq!(other.body(), "ok");
@@ -213,11 +214,11 @@ mod tests {
             per_second: 1,
             burst: 1,
             timeout: Duration::from_millis(50),
-            redis_url: "redis://127.0.0.1:1".to_owned(),
+            redis_url: mosaic_core::Secret::url("redis://127.0.0.1:1"),
         })
         .unwrap();
         let mut svc = RateLimitLayer::new(limiter).layer(counting(calls.clone()));
-        let ctx = TenantContext::system(Uuid::new_v4(), "test");
+        let ctx = TenantContext::system(mosaic_core::TenantId::new(), "test");
         for _ in 0..3 {
             assert_eq!(call(&mut svc, Some(ctx.clone())).await.body(), "ok");
         }

@@ -25,9 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use mosaic_core::TenantId;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
-use uuid::Uuid;
+
+use mosaic_core::ConfigError;
 
 use crate::config::RateLimitConfig;
 
@@ -92,7 +94,7 @@ struct Inner {
     /// Milliseconds after `started` of the last warning, plus one; 0 = never.
     last_warn: AtomicU64,
     /// Tokens taken from Redis and not yet spent, per tenant.
-    leases: Mutex<HashMap<Uuid, Lease>>,
+    leases: Mutex<HashMap<TenantId, Lease>>,
     /// Cells one lease takes.
     lease_size: u32,
 }
@@ -120,12 +122,12 @@ impl RateLimiter {
     /// A limiter for `config`. Does not connect: the first check does, in the
     /// background. Fails only on a malformed Redis URL. With
     /// `config.per_second == 0` the limiter is off and never touches Redis.
-    pub fn new(config: RateLimitConfig) -> Result<Self, String> {
+    pub fn new(config: RateLimitConfig) -> Result<Self, ConfigError> {
         if !config.enabled() {
             return Ok(Self::disabled());
         }
-        let client = redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| format!("MOSAIC_REDIS_URL: {e}"))?;
+        let client = redis::Client::open(config.redis_url.expose())
+            .map_err(|e| ConfigError::invalid_secret("MOSAIC_REDIS_URL", e))?;
         Ok(Self {
             inner: Some(Arc::new(Inner {
                 client,
@@ -141,11 +143,6 @@ impl RateLimiter {
         })
     }
 
-    /// [`RateLimitConfig::from_env`] then [`RateLimiter::new`].
-    pub fn from_env() -> Result<Self, String> {
-        Self::new(RateLimitConfig::from_env()?)
-    }
-
     /// A limiter that allows everything.
     pub fn disabled() -> Self {
         Self { inner: None }
@@ -156,13 +153,13 @@ impl RateLimiter {
     }
 
     /// The Redis key of a tenant's limit state; the tenant is the hash tag.
-    pub fn key(tenant: Uuid) -> String {
-        format!("mosaic:{{{tenant}}}:ratelimit")
+    pub fn key(tenant: TenantId) -> String {
+        mosaic_core::keys::redis_key(tenant, &[&"ratelimit"])
     }
 
     /// Counts one request of `tenant`. Never fails and never waits longer than
     /// the configured timeout: without a timely answer from Redis it allows.
-    pub async fn check(&self, tenant: Uuid) -> Decision {
+    pub async fn check(&self, tenant: TenantId) -> Decision {
         let Some(inner) = &self.inner else {
             return Decision::Allowed;
         };
@@ -181,7 +178,7 @@ impl RateLimiter {
 }
 
 impl Inner {
-    async fn run(self: &Arc<Self>, tenant: Uuid) -> Result<Decision, String> {
+    async fn run(self: &Arc<Self>, tenant: TenantId) -> Result<Decision, String> {
         if self.spend_lease(tenant) {
             return Ok(Decision::Allowed);
         }
@@ -214,7 +211,7 @@ impl Inner {
     }
 
     /// Takes one token from this process's lease for `tenant`, if it has one.
-    fn spend_lease(&self, tenant: Uuid) -> bool {
+    fn spend_lease(&self, tenant: TenantId) -> bool {
         let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
         match leases.get_mut(&tenant) {
             Some(lease) if lease.left > 0 && lease.until > Instant::now() => {
@@ -229,7 +226,7 @@ impl Inner {
         }
     }
 
-    fn store_lease(&self, tenant: Uuid, left: u32) {
+    fn store_lease(&self, tenant: TenantId, left: u32) {
         let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         // Bounded: expired leases go first, and a flood of tenants only costs precision.
@@ -326,7 +323,8 @@ mod tests {
     use tokio::net::TcpListener;
 
     fn redis_url() -> String {
-        std::env::var("MOSAIC_REDIS_URL").unwrap_or_else(|_| RateLimitConfig::default().redis_url)
+        std::env::var("MOSAIC_REDIS_URL")
+            .unwrap_or_else(|_| RateLimitConfig::default().redis_url.expose().to_owned())
     }
 
     /// A limiter on the real Redis; the timeout is generous so a loaded test
@@ -336,14 +334,14 @@ mod tests {
             per_second,
             burst,
             timeout: Duration::from_secs(2),
-            redis_url: redis_url(),
+            redis_url: mosaic_core::Secret::url(redis_url()),
         })
         .unwrap()
     }
 
     fn unreachable(url: &str) -> RateLimiter {
         RateLimiter::new(RateLimitConfig {
-            redis_url: url.to_owned(),
+            redis_url: mosaic_core::Secret::url(url),
             timeout: Duration::from_millis(50),
             ..RateLimitConfig::default()
         })
@@ -360,7 +358,7 @@ mod tests {
     #[tokio::test]
     async fn burst_then_limited_per_tenant() {
         let limiter = limiter(1, 5);
-        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let (a, b) = (TenantId::new(), TenantId::new());
         for i in 0..5 {
             assert_eq!(limiter.check(a).await, Decision::Allowed, "request {i}");
         }
@@ -380,7 +378,7 @@ mod tests {
     #[tokio::test]
     async fn refills_after_retry_after_and_keys_carry_the_tenant_tag() {
         let limiter = limiter(20, 2);
-        let tenant = Uuid::new_v4();
+        let tenant = TenantId::new();
         assert_eq!(limiter.check(tenant).await, Decision::Allowed);
         assert_eq!(limiter.check(tenant).await, Decision::Allowed);
         let retry = limited(limiter.check(tenant).await);
@@ -410,7 +408,7 @@ mod tests {
     async fn leases_draw_from_one_count_shared_by_every_process() {
         // Two "replicas" of a service: lease size min(100/20, 100/10) = 5.
         let (a, b) = (limiter(100, 100), limiter(100, 100));
-        let tenant = Uuid::new_v4();
+        let tenant = TenantId::new();
         let mut allowed = 0;
         for i in 0..140 {
             let l = if i % 2 == 0 { &a } else { &b };
@@ -429,17 +427,17 @@ mod tests {
         let limiter = RateLimiter::new(RateLimitConfig {
             per_second: 0,
             burst: 0,
-            redis_url: "not a url".to_owned(),
+            redis_url: mosaic_core::Secret::url("not a url"),
             ..RateLimitConfig::default()
         })
         .unwrap();
         assert!(!limiter.is_enabled());
         for _ in 0..3 {
-            assert_eq!(limiter.check(Uuid::new_v4()).await, Decision::Allowed);
+            assert_eq!(limiter.check(TenantId::new()).await, Decision::Allowed);
         }
         assert!(
             RateLimiter::new(RateLimitConfig {
-                redis_url: "not a url".into(),
+                redis_url: mosaic_core::Secret::url("not a url"),
                 ..Default::default()
             })
             .is_err()
@@ -447,7 +445,7 @@ mod tests {
     }
 
     async fn assert_fails_open_quickly(limiter: &RateLimiter) {
-        let tenant = Uuid::new_v4();
+        let tenant = TenantId::new();
         for i in 0..20 {
             let start = Instant::now();
             assert_eq!(limiter.check(tenant).await, Decision::Allowed, "check {i}");
@@ -488,10 +486,10 @@ mod tests {
             per_second: 1,
             burst: 1,
             timeout: Duration::from_secs(1),
-            redis_url: format!("redis://{addr}"),
+            redis_url: mosaic_core::Secret::url(format!("redis://{addr}")),
         })
         .unwrap();
-        let tenant = Uuid::new_v4();
+        let tenant = TenantId::new();
         for _ in 0..3 {
             assert_eq!(limiter.check(tenant).await, Decision::Allowed);
         }

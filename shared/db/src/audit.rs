@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use mosaic_api::page::{self, PageBinding};
-use mosaic_api::{AllOk, ApiResult, convert, validate};
+use mosaic_api::{AllOk, ApiResult, convert, parse};
 use mosaic_proto::common::{AuditEvent, ListAuditEventsRequest, ListAuditEventsResponse};
 use mosaic_tenant::{Role, TenantContext};
 use uuid::Uuid;
@@ -50,11 +50,11 @@ impl TenantTx {
 impl TenantTx {
     /// Records the same mutation of many resources, one event each, in one
     /// statement (batch operations, the purge).
-    pub async fn audit_many(
+    pub async fn audit_many<I: std::fmt::Display>(
         &mut self,
         action: &str,
         resource_type: &str,
-        resource_ids: &[Uuid],
+        resource_ids: &[I],
         details: serde_json::Value,
     ) -> ApiResult<()> {
         if resource_ids.is_empty() {
@@ -64,7 +64,7 @@ impl TenantTx {
         let actor = self.ctx().principal().to_owned();
         let request_id = self.ctx().request_id().to_owned();
         let event_ids: Vec<Uuid> = resource_ids.iter().map(|_| Uuid::now_v7()).collect();
-        let resource_ids: Vec<String> = resource_ids.iter().map(Uuid::to_string).collect();
+        let resource_ids: Vec<String> = resource_ids.iter().map(ToString::to_string).collect();
         sqlx::query(
             "INSERT INTO audit_events \
              (tenant_id, event_id, actor, action, resource_type, resource_id, request_id, details) \
@@ -87,7 +87,7 @@ impl TenantTx {
 
 #[derive(sqlx::FromRow)]
 struct Row {
-    tenant_id: Uuid,
+    tenant_id: mosaic_core::TenantId,
     event_id: Uuid,
     actor: String,
     action: String,
@@ -111,9 +111,9 @@ pub async fn list(
         .with(&req.resource_type)
         .with(&req.resource_id);
     let (size, resource_type, resource_id, after) = (
-        validate::page_size("page_size", req.page_size),
-        validate::text("resource_type", &req.resource_type, 64),
-        validate::text("resource_id", &req.resource_id, 128),
+        parse::page_size("page_size", req.page_size),
+        parse::text("resource_type", &req.resource_type, 64),
+        parse::text("resource_id", &req.resource_id, 128),
         page::decode::<Uuid>(&binding, &req.page_token),
     )
         .all_ok()?;

@@ -2,11 +2,22 @@
 
 use std::time::Duration;
 
+use mosaic_core::{ConfigError, Env, Secret};
+
+/// `MOSAIC_DB_MAX_CONNECTIONS`: pool size per service (default 16).
+pub const MAX_CONNECTIONS: &str = "MOSAIC_DB_MAX_CONNECTIONS";
+/// `MOSAIC_DB_MIN_CONNECTIONS`: connections kept open (default 2).
+pub const MIN_CONNECTIONS: &str = "MOSAIC_DB_MIN_CONNECTIONS";
+/// `MOSAIC_DB_READ_CONNECTIONS`: connections for one-message reads (default 4).
+pub const READ_CONNECTIONS: &str = "MOSAIC_DB_READ_CONNECTIONS";
+/// `MOSAIC_DB_ACQUIRE_TIMEOUT_MS`: how long a call waits for a connection (default 2000).
+pub const ACQUIRE_TIMEOUT_MS: &str = "MOSAIC_DB_ACQUIRE_TIMEOUT_MS";
+
 /// How one service connects.
 #[derive(Debug, Clone)]
 pub struct DbConfig {
-    /// `postgres://<runtime role>:<password>@host:port/db`.
-    pub url: String,
+    /// `postgres://<runtime role>:<password>@host:port/db`; shown without the password.
+    pub url: Secret,
     pub max_connections: u32,
     pub min_connections: u32,
     /// Connections beside the pool for one-message reads
@@ -16,42 +27,63 @@ pub struct DbConfig {
     pub acquire_timeout: Duration,
 }
 
+/// `MOSAIC_<SERVICE>_DATABASE_URL`, the variable naming a service's login.
+pub fn url_variable(service: &str) -> String {
+    format!("MOSAIC_{}_DATABASE_URL", service.to_uppercase())
+}
+
 /// The local default URL of a service's runtime role (`mosaic_<service>`).
 pub fn default_url(service: &str) -> String {
     format!("postgres://mosaic_{service}:mosaic-local@127.0.0.1:5432/mosaic")
 }
 
 impl DbConfig {
-    /// From `MOSAIC_<SERVICE>_DATABASE_URL`, `MOSAIC_DB_MAX_CONNECTIONS` (16),
-    /// `MOSAIC_DB_MIN_CONNECTIONS` (2), `MOSAIC_DB_READ_CONNECTIONS` (4),
-    /// `MOSAIC_DB_ACQUIRE_TIMEOUT_MS` (2000).
-    pub fn from_env(service: &str) -> Result<Self, String> {
-        let var = format!("MOSAIC_{}_DATABASE_URL", service.to_uppercase());
-        let url = std::env::var(&var).unwrap_or_else(|_| default_url(service));
-        let num = |name: &str, default: u64| -> Result<u64, String> {
-            match std::env::var(name) {
-                Ok(v) => v
-                    .parse()
-                    .map_err(|_| format!("{name}: expected a whole number, got {v:?}")),
-                Err(_) => Ok(default),
-            }
-        };
+    /// From `MOSAIC_<SERVICE>_DATABASE_URL` (default: the local runtime role)
+    /// and the pool settings above.
+    pub fn from_env(env: &Env, service: &str) -> Result<Self, ConfigError> {
         Ok(Self {
-            url,
-            max_connections: num("MOSAIC_DB_MAX_CONNECTIONS", 16)? as u32,
-            min_connections: num("MOSAIC_DB_MIN_CONNECTIONS", 2)? as u32,
-            read_connections: num("MOSAIC_DB_READ_CONNECTIONS", 4)?.max(1) as u32,
-            acquire_timeout: Duration::from_millis(num("MOSAIC_DB_ACQUIRE_TIMEOUT_MS", 2000)?),
+            url: env.url(&url_variable(service), &default_url(service))?,
+            max_connections: env.positive(MAX_CONNECTIONS, 16)?,
+            min_connections: env.parse(MIN_CONNECTIONS, 2)?,
+            read_connections: env.positive(READ_CONNECTIONS, 4)?,
+            acquire_timeout: env.millis(ACQUIRE_TIMEOUT_MS, 2000)?,
         })
     }
 
+    /// The local defaults with another URL (tests that start their own server).
     pub fn with_url(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            url: Secret::url(url),
             max_connections: 16,
             min_connections: 0,
             read_connections: 4,
             acquire_timeout: Duration::from_secs(2),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_a_map() {
+        let env = Env::from_pairs([
+            (
+                "MOSAIC_CRM_DATABASE_URL",
+                "postgres://mosaic_crm:pw@db/mosaic",
+            ),
+            (MAX_CONNECTIONS, "8"),
+            (MIN_CONNECTIONS, ""),
+        ]);
+        let config = DbConfig::from_env(&env, "crm").unwrap();
+        assert_eq!(config.url.expose(), "postgres://mosaic_crm:pw@db/mosaic");
+        assert!(!format!("{config:?}").contains("pw"), "{config:?}");
+        assert_eq!((config.max_connections, config.min_connections), (8, 2));
+        assert_eq!(config.acquire_timeout, Duration::from_secs(2));
+        let defaults = DbConfig::from_env(&Env::from_pairs::<&str, &str>([]), "agents").unwrap();
+        assert_eq!(defaults.url.expose(), default_url("agents"));
+        let zero = DbConfig::from_env(&Env::from_pairs([(READ_CONNECTIONS, "0")]), "crm");
+        assert_eq!(zero.unwrap_err().name(), READ_CONNECTIONS);
     }
 }

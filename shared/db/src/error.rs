@@ -2,6 +2,36 @@
 
 use mosaic_api::ApiError;
 
+/// The SQLSTATE codes this crate maps (PostgreSQL appendix A).
+pub mod sqlstate {
+    pub const UNIQUE_VIOLATION: &str = "23505";
+    pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+    pub const CHECK_VIOLATION: &str = "23514";
+    pub const NOT_NULL_VIOLATION: &str = "23502";
+    pub const STRING_DATA_RIGHT_TRUNCATION: &str = "22001";
+    pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+    pub const UNTRANSLATABLE_CHARACTER: &str = "22P05";
+    pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+    pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
+    pub const INVALID_DATETIME_FORMAT: &str = "22007";
+    pub const DATETIME_FIELD_OVERFLOW: &str = "22008";
+    pub const SERIALIZATION_FAILURE: &str = "40001";
+    pub const DEADLOCK_DETECTED: &str = "40P01";
+    pub const QUERY_CANCELED: &str = "57014";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const CRASH_SHUTDOWN: &str = "57P02";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    /// "cached plan must not change result type" (a migration changed a prepared SELECT).
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+    /// Classes: connection exceptions (`08...`) and operator intervention (`57P..`).
+    pub const CONNECTION_EXCEPTION_CLASS: &str = "08";
+    pub const OPERATOR_INTERVENTION_SHUTDOWN: &str = "57P";
+}
+
+use sqlstate::*;
+
 /// A named constraint a service maps to a client error: the field at fault and
 /// the reason (`CONTACT_EMAIL_TAKEN`, ...).
 #[derive(Debug, Clone, Copy)]
@@ -38,8 +68,7 @@ pub fn db_error_with(e: sqlx::Error, constraints: &[Constraint]) -> ApiError {
                 .constraint()
                 .and_then(|name| constraints.iter().find(|c| c.name == name));
             match code.as_str() {
-                // unique_violation
-                "23505" => {
+                UNIQUE_VIOLATION => {
                     return match constraint {
                         Some(c) => ApiError::already_exists(
                             c.reason,
@@ -53,8 +82,8 @@ pub fn db_error_with(e: sqlx::Error, constraints: &[Constraint]) -> ApiError {
                         ),
                     };
                 }
-                // foreign_key_violation: a referenced row is missing (for this tenant)
-                "23503" => {
+                // A referenced row is missing (for this tenant).
+                FOREIGN_KEY_VIOLATION => {
                     return match constraint {
                         Some(c) => {
                             ApiError::not_found(c.reason, format!("{} does not exist", c.field))
@@ -65,9 +94,15 @@ pub fn db_error_with(e: sqlx::Error, constraints: &[Constraint]) -> ApiError {
                         ),
                     };
                 }
-                // check_violation, not_null_violation, string too long, bad text representation
-                "23514" | "23502" | "22001" | "22P02" | "22P05" | "22021" | "22003" | "22007"
-                | "22008" => {
+                CHECK_VIOLATION
+                | NOT_NULL_VIOLATION
+                | STRING_DATA_RIGHT_TRUNCATION
+                | INVALID_TEXT_REPRESENTATION
+                | UNTRANSLATABLE_CHARACTER
+                | CHARACTER_NOT_IN_REPERTOIRE
+                | NUMERIC_VALUE_OUT_OF_RANGE
+                | INVALID_DATETIME_FORMAT
+                | DATETIME_FIELD_OVERFLOW => {
                     return match constraint {
                         Some(c) => ApiError::invalid_argument(c.field, "out of range"),
                         None => {
@@ -76,19 +111,17 @@ pub fn db_error_with(e: sqlx::Error, constraints: &[Constraint]) -> ApiError {
                         }
                     };
                 }
-                // serialization_failure, deadlock_detected
-                "40001" | "40P01" => {
+                SERIALIZATION_FAILURE | DEADLOCK_DETECTED => {
                     return ApiError::aborted(
                         "CONCURRENT_UPDATE",
                         "a concurrent update interfered; retry",
                     );
                 }
-                // query_canceled (statement_timeout)
-                "57014" => {
+                // statement_timeout
+                QUERY_CANCELED => {
                     return ApiError::deadline_exceeded("the database statement took too long");
                 }
-                // too_many_connections, admin/crash shutdown, cannot_connect_now
-                "53300" | "57P01" | "57P02" | "57P03" => {
+                TOO_MANY_CONNECTIONS | ADMIN_SHUTDOWN | CRASH_SHUTDOWN | CANNOT_CONNECT_NOW => {
                     return ApiError::unavailable(
                         "DB_UNAVAILABLE",
                         "the database is unavailable; retry shortly",
@@ -107,9 +140,10 @@ pub fn db_error_with(e: sqlx::Error, constraints: &[Constraint]) -> ApiError {
 pub(crate) fn connection_lost(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with(CONNECTION_EXCEPTION_CLASS)
+                || c.starts_with(OPERATOR_INTERVENTION_SHUTDOWN)
+        }),
         _ => false,
     }
 }

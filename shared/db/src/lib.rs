@@ -12,6 +12,8 @@
 //! - [`error`]: SQLSTATE → [`mosaic_api::ApiError`].
 //! - [`audit`]: audit events, written in the caller's transaction, and listed.
 //! - [`idempotency`]: `request_id` replay, in the same transaction as the effect.
+//! - [`resource`]: the standard methods of a soft-deletable table (create
+//!   once, read, update, delete and undelete with audit), written once.
 //! - [`migrate`]: ordered, checksummed, lock-protected per-schema migrations.
 //! - [`bootstrap`]: the owner role, one runtime role per service, schemas, grants.
 
@@ -23,9 +25,11 @@ pub mod idempotency;
 pub mod migrate;
 pub mod pool;
 mod read_lane;
+pub mod resource;
 
 pub use config::DbConfig;
 pub use error::{Constraint, db_error, db_error_with};
 pub use migrate::{Migrations, ServiceSchema};
 pub use mosaic_tenant::TenantContext;
 pub use pool::{Database, TenantTx};
+pub use resource::{HasMeta, Resource, RowMeta, create_once};

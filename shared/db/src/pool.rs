@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use mosaic_api::{ApiError, ApiResult};
+use mosaic_core::{Metrics, Probe, ProbeFuture, TenantId};
 use mosaic_tenant::TenantContext;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
@@ -27,6 +28,7 @@ impl Database {
     pub fn connect_lazy(config: &DbConfig, application_name: &str) -> Result<Self, sqlx::Error> {
         let options: PgConnectOptions = config
             .url
+            .expose()
             .parse::<PgConnectOptions>()?
             .application_name(application_name);
         let pool = PgPoolOptions::new()
@@ -109,7 +111,11 @@ impl Database {
         if sql.contains(';') || sql.trim().is_empty() {
             return Err(ApiError::internal("read_by_ids takes one statement"));
         }
-        let rows = self.reads.read(tenant, sql, ids).await.map_err(db_error)?;
+        let rows = self
+            .reads
+            .read(tenant.uuid(), sql, ids)
+            .await
+            .map_err(db_error)?;
         rows.iter()
             .map(|row| T::from_row(row).map_err(db_error))
             .collect()
@@ -154,7 +160,7 @@ impl Database {
 pub struct TenantTx {
     tx: Transaction<'static, Postgres>,
     ctx: TenantContext,
-    tenant: Uuid,
+    tenant: TenantId,
 }
 
 impl std::fmt::Debug for TenantTx {
@@ -166,7 +172,7 @@ impl std::fmt::Debug for TenantTx {
 }
 
 impl TenantTx {
-    pub fn tenant_id(&self) -> Uuid {
+    pub fn tenant_id(&self) -> TenantId {
         self.tenant
     }
 
@@ -182,7 +188,7 @@ impl TenantTx {
     /// Moves this transaction to another tenant. Platform admins only: used
     /// where one platform operation touches a tenant that does not exist yet
     /// (CreateTenant) and the platform scope (its idempotency record).
-    pub async fn switch_tenant(&mut self, tenant: Uuid) -> ApiResult<()> {
+    pub async fn switch_tenant(&mut self, tenant: TenantId) -> ApiResult<()> {
         self.ctx.require_platform_admin()?;
         sqlx::query("SELECT set_config('mosaic.tenant_id', $1, true)")
             .bind(tenant.to_string())
@@ -226,15 +232,12 @@ impl PlatformTx {
     }
 }
 
-impl mosaic_server::Probe for Database {
+impl Probe for Database {
     fn name(&self) -> &str {
         "postgres"
     }
 
-    fn check(
-        &self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = mosaic_server::ProbeResult> + Send + '_>>
-    {
+    fn check(&self) -> ProbeFuture<'_> {
         Box::pin(async move {
             sqlx::query("SELECT 1")
                 .execute(&self.pool)
@@ -251,7 +254,7 @@ impl Database {
     /// (their ratio is how many reads share a message).
     pub fn register_metrics(
         &self,
-        metrics: &mosaic_server::Metrics,
+        metrics: &Metrics,
         service: &str,
     ) -> Result<(), prometheus::Error> {
         for (index, state) in ["open", "idle", "max"].into_iter().enumerate() {

@@ -45,6 +45,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::error::connection_lost;
+use crate::error::sqlstate::{FEATURE_NOT_SUPPORTED, INVALID_SQL_STATEMENT_NAME};
 
 /// Most reads sent in one message.
 const MAX_BATCH: usize = 32;
@@ -423,7 +424,7 @@ fn copy_error(err: &sqlx::Error) -> sqlx::Error {
 fn stale(e: &sqlx::Error) -> bool {
     connection_lost(e)
         || matches!(e, sqlx::Error::Database(db)
-            if matches!(db.code().as_deref(), Some("0A000" | "26000")))
+            if matches!(db.code().as_deref(), Some(FEATURE_NOT_SUPPORTED | INVALID_SQL_STATEMENT_NAME)))
 }
 
 /// A task sending batches until the queue is empty. If it ends any other

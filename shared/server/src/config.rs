@@ -1,100 +1,11 @@
-//! Settings from environment variables, with local defaults and errors that
-//! name the variable at fault.
-//!
-//! An empty value counts as unset, so a Kubernetes manifest can blank a
-//! variable without inventing a value for it.
+//! [`ServerConfig`]: what every service process needs to serve, whatever its
+//! domain, from `MOSAIC_*` settings with local defaults (read through
+//! [`mosaic_core::Env`], like every other setting).
 
-use std::env::{self, VarError};
-use std::fmt::Display;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::str::FromStr;
 use std::time::Duration;
 
-/// A variable that is set but unusable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{name} is not valid unicode")]
-    NotUnicode { name: String },
-    #[error("{name}={value:?} is invalid: {reason}")]
-    Invalid {
-        name: String,
-        value: String,
-        reason: String,
-    },
-}
-
-impl ConfigError {
-    /// `name` holds `value`, which is unusable because of `reason`.
-    pub fn invalid(name: &str, value: &str, reason: impl Display) -> Self {
-        Self::Invalid {
-            name: name.to_owned(),
-            value: value.to_owned(),
-            reason: reason.to_string(),
-        }
-    }
-}
-
-/// How variables are looked up: the process environment, or a map in tests.
-type Lookup<'a> = &'a dyn Fn(&str) -> Result<String, VarError>;
-
-/// The value of `name`, or `None` when it is unset or empty.
-pub fn env_opt(name: &str) -> Result<Option<String>, ConfigError> {
-    opt_in(&|n| env::var(n), name)
-}
-
-/// The value of `name`, or `default` when it is unset or empty.
-pub fn env_string(name: &str, default: &str) -> Result<String, ConfigError> {
-    Ok(env_opt(name)?.unwrap_or_else(|| default.to_owned()))
-}
-
-/// `name` parsed as `T`, or `default` when it is unset or empty.
-pub fn env_parse<T>(name: &str, default: T) -> Result<T, ConfigError>
-where
-    T: FromStr,
-    T::Err: Display,
-{
-    parse_in(&|n| env::var(n), name, default)
-}
-
-fn opt_in(lookup: Lookup<'_>, name: &str) -> Result<Option<String>, ConfigError> {
-    match lookup(name) {
-        Ok(v) if v.trim().is_empty() => Ok(None),
-        Ok(v) => Ok(Some(v.trim().to_owned())),
-        Err(VarError::NotPresent) => Ok(None),
-        Err(VarError::NotUnicode(_)) => Err(ConfigError::NotUnicode {
-            name: name.to_owned(),
-        }),
-    }
-}
-
-fn parse_in<T>(lookup: Lookup<'_>, name: &str, default: T) -> Result<T, ConfigError>
-where
-    T: FromStr,
-    T::Err: Display,
-{
-    match opt_in(lookup, name)? {
-        None => Ok(default),
-        Some(raw) => raw.parse().map_err(|e| ConfigError::invalid(name, &raw, e)),
-    }
-}
-
-/// Like [`parse_in`], for numbers where zero makes no sense (a zero interval
-/// would spin, a zero size limit would reject every message).
-fn positive_in<T>(lookup: Lookup<'_>, name: &str, default: T) -> Result<T, ConfigError>
-where
-    T: FromStr + Default + PartialEq + Display,
-    T::Err: Display,
-{
-    let n = parse_in(lookup, name, default)?;
-    if n == T::default() {
-        return Err(ConfigError::invalid(
-            name,
-            &n.to_string(),
-            "must be greater than zero",
-        ));
-    }
-    Ok(n)
-}
+use mosaic_core::{ConfigError, Env};
 
 /// `MOSAIC_GRPC_ADDR`
 pub const GRPC_ADDR: &str = "MOSAIC_GRPC_ADDR";
@@ -141,13 +52,8 @@ impl ServerConfig {
     pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
     /// Reads the `MOSAIC_*` variables above, with local defaults.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(&|n| env::var(n))
-    }
-
-    /// Like [`ServerConfig::from_env`], reading variables through `lookup`.
-    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
-        let metrics_addr = match opt_in(lookup, METRICS_ADDR)? {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let metrics_addr = match env.get(METRICS_ADDR)? {
             Some(v) if v.eq_ignore_ascii_case("off") => None,
             Some(v) => Some(
                 v.parse()
@@ -155,7 +61,7 @@ impl ServerConfig {
             ),
             None => Some(Self::DEFAULT_METRICS_ADDR),
         };
-        let log_json = match opt_in(lookup, LOG_FORMAT)?.map(|v| v.to_ascii_lowercase()) {
+        let log_json = match env.get(LOG_FORMAT)?.map(|v| v.to_ascii_lowercase()) {
             None => true,
             Some(v) if v == "json" => true,
             Some(v) if v == "text" => false,
@@ -168,16 +74,12 @@ impl ServerConfig {
             }
         };
         Ok(Self {
-            grpc_addr: parse_in(lookup, GRPC_ADDR, Self::DEFAULT_GRPC_ADDR)?,
+            grpc_addr: env.parse(GRPC_ADDR, Self::DEFAULT_GRPC_ADDR)?,
             metrics_addr,
-            shutdown_timeout: Duration::from_secs(positive_in(lookup, SHUTDOWN_TIMEOUT_SECS, 20)?),
-            probe_interval: Duration::from_millis(positive_in(lookup, PROBE_INTERVAL_MS, 2000)?),
-            max_message_bytes: positive_in(
-                lookup,
-                MAX_MESSAGE_BYTES,
-                Self::DEFAULT_MAX_MESSAGE_BYTES,
-            )?,
-            log_filter: opt_in(lookup, LOG)?.unwrap_or_else(|| "info".to_owned()),
+            shutdown_timeout: env.positive_secs(SHUTDOWN_TIMEOUT_SECS, 20)?,
+            probe_interval: Duration::from_millis(env.positive(PROBE_INTERVAL_MS, 2000)?),
+            max_message_bytes: env.positive(MAX_MESSAGE_BYTES, Self::DEFAULT_MAX_MESSAGE_BYTES)?,
+            log_filter: env.string(LOG, "info")?,
             log_json,
         })
     }
@@ -202,14 +104,9 @@ impl Default for ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn from(vars: &[(&str, &str)]) -> Result<ServerConfig, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        ServerConfig::from_lookup(&|n| map.get(n).cloned().ok_or(VarError::NotPresent))
+        ServerConfig::from_env(&Env::from_pairs(vars.iter().copied()))
     }
 
     #[test]
@@ -268,14 +165,6 @@ mod tests {
             let e = from(&[(name, value)]).expect_err(name);
             assert!(e.to_string().starts_with(name), "{e}");
         }
-    }
-
-    #[test]
-    fn process_environment_helpers() {
-        let name = "MOSAIC_TEST_SURELY_UNSET_8d1f";
-        assert_eq!(env_opt(name), Ok(None));
-        assert_eq!(env_string(name, "x").as_deref(), Ok("x"));
-        assert_eq!(env_parse(name, 7u32), Ok(7));
     }
 
     #[test]

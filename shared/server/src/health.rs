@@ -1,8 +1,12 @@
 //! [`Health`]: the `grpc.health.v1` service, driven by [`Probe`]s.
 //!
+//! A server's services come in [`HealthGroup`]s, one per Mosaic service
+//! (identity's five gRPC services with identity's database probe, ...).
 //! Every `probe_interval` all probes run (each bounded by [`PROBE_TIMEOUT`]);
-//! the listed services and the whole server (`""`) are SERVING when all pass
-//! and NOT_SERVING otherwise. Kubernetes' gRPC readiness probe asks for `""`.
+//! a group's services are SERVING when its probes pass and NOT_SERVING
+//! otherwise, so a MongoDB outage takes conversations out while identity and
+//! crm in the same process stay SERVING. The whole server (`""`) is SERVING
+//! when every group is; Kubernetes' gRPC readiness probe asks for `""`.
 //! From the shutdown signal on, everything stays NOT_SERVING so load
 //! balancers stop routing here while calls drain.
 //!
@@ -10,12 +14,11 @@
 //! probes say: Kubernetes' liveness probe asks for it, so that a database
 //! outage takes pods out of rotation without restarting every one of them.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use mosaic_core::Probe;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -28,23 +31,40 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The health service name that only says the process is alive.
 pub const LIVENESS: &str = "liveness";
 
-/// What a probe found wrong, for the log (never sent to clients).
-pub type ProbeResult = Result<(), String>;
+/// Some gRPC services and the probes their health follows.
+#[derive(Clone)]
+pub struct HealthGroup {
+    /// Fully qualified gRPC service names, e.g. `mosaic.crm.v1.CompanyService`.
+    pub services: Vec<String>,
+    pub probes: Vec<Arc<dyn Probe>>,
+}
 
-/// A dependency check, e.g. "the database answers `SELECT 1`".
-pub trait Probe: Send + Sync + 'static {
-    /// A short name for logs, e.g. `postgres`.
-    fn name(&self) -> &str;
-    /// `Ok` when the dependency is usable, otherwise why not.
-    fn check(&self) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + '_>>;
+impl std::fmt::Debug for HealthGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthGroup")
+            .field("services", &self.services)
+            .field(
+                "probes",
+                &self.probes.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl HealthGroup {
+    pub fn new(services: &[&str], probes: Vec<Arc<dyn Probe>>) -> Self {
+        Self {
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+            probes,
+        }
+    }
 }
 
 /// The health of this server. Clones share state.
 #[derive(Clone)]
 pub struct Health {
     reporter: HealthReporter,
-    /// The listed services plus `""`.
-    services: Arc<[String]>,
+    groups: Arc<[HealthGroup]>,
     /// `true` once shutdown began; guards status writes so a probe round
     /// finishing late cannot flip a draining server back to SERVING.
     shut_down: Arc<Mutex<bool>>,
@@ -53,22 +73,22 @@ pub struct Health {
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Health")
-            .field("services", &self.services)
+            .field("groups", &self.groups)
             .finish_non_exhaustive()
     }
 }
 
 impl Health {
-    /// Health for `service_names` (fully qualified, e.g.
-    /// `mosaic.crm.v1.CrmService`) and the whole server. Everything starts
-    /// NOT_SERVING until the first probe round passes.
-    pub fn new(service_names: &[&str]) -> Self {
+    /// Health for the services of `groups` and the whole server. Everything
+    /// starts NOT_SERVING until the first probe round passes.
+    pub fn new(groups: Vec<HealthGroup>) -> Self {
         let reporter = HealthReporter::new();
-        let services: Arc<[String]> = std::iter::once("")
-            .chain(service_names.iter().copied())
-            .map(str::to_owned)
-            .collect();
-        for name in services.iter() {
+        let names = std::iter::once("").chain(
+            groups
+                .iter()
+                .flat_map(|g| g.services.iter().map(String::as_str)),
+        );
+        for name in names {
             // The reporter's lock is uncontended while nobody else holds a
             // clone, so this completes on its first poll.
             let _ = reporter
@@ -80,17 +100,16 @@ impl Health {
             .now_or_never();
         Self {
             reporter,
-            services,
+            groups: groups.into(),
             shut_down: Arc::new(Mutex::new(false)),
         }
     }
 
-    /// The listed service names (without `""` and [`LIVENESS`]).
+    /// Every listed service name (without `""` and [`LIVENESS`]).
     pub fn services(&self) -> impl Iterator<Item = &str> {
-        self.services
+        self.groups
             .iter()
-            .map(String::as_str)
-            .filter(|s| !s.is_empty())
+            .flat_map(|g| g.services.iter().map(String::as_str))
     }
 
     /// The `grpc.health.v1.Health` service to mount.
@@ -98,42 +117,40 @@ impl Health {
         HealthServer::new(HealthService::from_health_reporter(self.reporter.clone()))
     }
 
-    /// Sets every listed service and `""` to SERVING or NOT_SERVING; ignored
-    /// once shutdown began.
-    pub async fn set_serving(&self, serving: bool) {
+    /// Sets each group's services to SERVING or NOT_SERVING (`serving[i]`
+    /// for group `i`), and `""` to SERVING when all are; ignored once
+    /// shutdown began.
+    pub async fn set_serving(&self, serving: &[bool]) {
         let shut_down = self.shut_down.lock().await;
         if *shut_down {
             return;
         }
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.set_all(status).await;
+        for (group, ok) in self.groups.iter().zip(serving) {
+            for name in &group.services {
+                self.reporter.set_service_status(name, status(*ok)).await;
+            }
+        }
+        let all = serving.iter().all(|ok| *ok);
+        self.reporter.set_service_status("", status(all)).await;
     }
 
     /// Sets everything to NOT_SERVING for good.
     pub async fn shut_down(&self) {
         let mut shut_down = self.shut_down.lock().await;
         *shut_down = true;
-        self.set_all(ServingStatus::NotServing).await;
-    }
-
-    async fn set_all(&self, status: ServingStatus) {
-        for name in self.services.iter() {
-            self.reporter.set_service_status(name, status).await;
+        self.reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for name in self.services() {
+            self.reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
         }
     }
 
-    /// Runs `probes` every `interval`, starting now, until `stop` fires.
-    pub async fn run_probes(
-        self,
-        probes: Vec<Arc<dyn Probe>>,
-        interval: Duration,
-        stop: CancellationToken,
-    ) {
-        let mut last: Option<bool> = None;
+    /// Runs every group's probes every `interval`, starting now, until `stop` fires.
+    pub async fn run_probes(self, interval: Duration, stop: CancellationToken) {
+        let mut last: Option<Vec<bool>> = None;
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -141,16 +158,27 @@ impl Health {
                 () = stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
+            let round = futures::future::join_all(self.groups.iter().map(|g| check_all(&g.probes)));
             let serving = tokio::select! {
                 () = stop.cancelled() => return,
-                ok = check_all(&probes) => ok,
+                serving = round => serving,
             };
-            if last != Some(serving) {
-                tracing::info!(serving, "health changed");
-                last = Some(serving);
+            for (index, (group, ok)) in self.groups.iter().zip(&serving).enumerate() {
+                if last.as_ref().and_then(|l| l.get(index)) != Some(ok) {
+                    tracing::info!(services = ?group.services, serving = *ok, "health changed");
+                }
             }
-            self.set_serving(serving).await;
+            last = Some(serving.clone());
+            self.set_serving(&serving).await;
         }
+    }
+}
+
+fn status(serving: bool) -> ServingStatus {
+    if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
     }
 }
 
@@ -180,6 +208,7 @@ async fn check_all(probes: &[Arc<dyn Probe>]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mosaic_core::ProbeFuture;
     use std::sync::atomic::{AtomicBool, Ordering};
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus as Wire;
@@ -191,7 +220,7 @@ mod tests {
         fn name(&self) -> &str {
             "flag"
         }
-        fn check(&self) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + '_>> {
+        fn check(&self) -> ProbeFuture<'_> {
             let ok = self.0.load(Ordering::SeqCst);
             Box::pin(async move { if ok { Ok(()) } else { Err("flag down".into()) } })
         }
@@ -203,7 +232,7 @@ mod tests {
         fn name(&self) -> &str {
             "hangs"
         }
-        fn check(&self) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + '_>> {
+        fn check(&self) -> ProbeFuture<'_> {
             Box::pin(std::future::pending())
         }
     }
@@ -219,9 +248,32 @@ mod tests {
         resp.into_inner().status()
     }
 
+    fn one(service: &str) -> Health {
+        Health::new(vec![HealthGroup::new(&[service], Vec::new())])
+    }
+
+    #[tokio::test]
+    async fn groups_follow_their_own_probes() {
+        let health = Health::new(vec![
+            HealthGroup::new(&["a.v1.A", "a.v1.B"], Vec::new()),
+            HealthGroup::new(&["c.v1.C"], Vec::new()),
+        ]);
+        health.set_serving(&[true, false]).await;
+        assert_eq!(status(&health, "a.v1.A").await, Wire::Serving);
+        assert_eq!(status(&health, "a.v1.B").await, Wire::Serving);
+        assert_eq!(status(&health, "c.v1.C").await, Wire::NotServing);
+        assert_eq!(
+            status(&health, "").await,
+            Wire::NotServing,
+            "not all groups serve"
+        );
+        health.set_serving(&[true, true]).await;
+        assert_eq!(status(&health, "").await, Wire::Serving);
+    }
+
     #[tokio::test]
     async fn starts_not_serving_and_follows_probes() {
-        let health = Health::new(&["a.v1.A"]);
+        let health = one("a.v1.A");
         assert_eq!(status(&health, "").await, Wire::NotServing);
         assert_eq!(status(&health, "a.v1.A").await, Wire::NotServing);
 
@@ -230,7 +282,7 @@ mod tests {
         flag.store(false, Ordering::SeqCst);
         assert!(!check_all(&[Arc::new(Flag(flag.clone())) as Arc<dyn Probe>]).await);
 
-        health.set_serving(true).await;
+        health.set_serving(&[true]).await;
         assert_eq!(status(&health, "").await, Wire::Serving);
         assert_eq!(status(&health, "a.v1.A").await, Wire::Serving);
     }
@@ -244,19 +296,19 @@ mod tests {
 
     #[tokio::test]
     async fn shut_down_sticks() {
-        let health = Health::new(&["a.v1.A"]);
-        health.set_serving(true).await;
+        let health = one("a.v1.A");
+        health.set_serving(&[true]).await;
         health.shut_down().await;
-        health.set_serving(true).await;
+        health.set_serving(&[true]).await;
         assert_eq!(status(&health, "").await, Wire::NotServing);
         assert_eq!(status(&health, "a.v1.A").await, Wire::NotServing);
     }
 
     #[tokio::test]
     async fn liveness_ignores_probes_and_shutdown() {
-        let health = Health::new(&["a.v1.A"]);
+        let health = one("a.v1.A");
         assert_eq!(status(&health, LIVENESS).await, Wire::Serving);
-        health.set_serving(false).await;
+        health.set_serving(&[false]).await;
         assert_eq!(status(&health, LIVENESS).await, Wire::Serving);
         health.shut_down().await;
         assert_eq!(status(&health, LIVENESS).await, Wire::Serving);

@@ -1,37 +1,48 @@
-//! Serving for every Mosaic service: what a process needs around its gRPC
-//! handlers so it can run behind Kubernetes. A service builds its
-//! `tonic::service::Routes`, binds a listener, and hands both to [`serve()`]
-//! with a shutdown future (usually [`sigterm_or_ctrl_c`]).
+//! The service kit: everything a Mosaic service needs around its handlers,
+//! so that a service crate holds only its own rules and storage.
 //!
-//! - [`config`]: `MOSAIC_*` environment variables with local defaults
-//!   ([`ServerConfig`]) and helpers ([`env_string`], [`env_parse`], [`env_opt`])
-//!   whose errors name the variable.
+//! A service describes itself once as a [`ServiceModule`]; [`suite::run`]
+//! serves any list of them on one port, the same way for a service's own
+//! binary ([`cli::service_main`]), the all-in-one `mosaic` binary and the
+//! black-box tests.
+//!
+//! - [`module`]: the [`ServiceModule`] contract, the [`Deps`] a service is
+//!   built from, the [`Service`] it builds ([`add_services!`] adds its gRPC
+//!   servers), and [`PurgeTenant`].
+//! - [`suite`]: the one wiring path: pools, probes, health groups, rate
+//!   limits, serving, draining, closing; and `migrate`.
+//! - [`cli`]: the `serve` flags ([`ServeArgs`]) and how binaries exit.
+//! - [`config`]: [`ServerConfig`], the `MOSAIC_*` serving settings.
 //! - [`telemetry`]: JSON (or text) logs; every line inside a call carries its
 //!   tenant and request id ([`init_logging`]).
-//! - [`metrics`]: the Prometheus registry, gauges sampled at scrape time, and
-//!   the `GET /metrics` side port ([`Metrics`], [`serve_metrics`]).
+//! - [`metrics`]: the gRPC call metrics and the `GET /metrics` side port.
 //! - [`metrics_layer`]: the tower layer counting calls by method and final
 //!   gRPC code, timing them, and logging one line per call ([`MetricsLayer`]).
-//! - [`health`]: `grpc.health.v1` driven by [`Probe`]s ([`Health`]).
+//! - [`health`]: `grpc.health.v1`, one [`HealthGroup`] of services per probe set.
 //! - [`reflection`]: gRPC server reflection, `v1` and `v1alpha`.
 //! - [`shutdown`]: the signal, and the [`Shutdown`] handle streams select on.
 //! - `incoming`: accepted connections, closable at the drain deadline.
 //! - [`serve`](mod@serve): the server itself: layers, health, reflection, drain.
 
+pub mod cli;
 pub mod config;
 pub mod health;
 mod incoming;
 pub mod metrics;
 pub mod metrics_layer;
+pub mod module;
 pub mod reflection;
 pub mod serve;
 pub mod shutdown;
+pub mod suite;
 pub mod telemetry;
 
-pub use config::{ConfigError, ServerConfig, env_opt, env_parse, env_string};
-pub use health::{Health, LIVENESS, Probe, ProbeResult};
-pub use metrics::{GaugeFn, Metrics, serve_metrics};
+pub use cli::{ServeArgs, report, service_main};
+pub use config::ServerConfig;
+pub use health::{Health, HealthGroup, LIVENESS};
+pub use metrics::{CallMetrics, serve_metrics};
 pub use metrics_layer::MetricsLayer;
+pub use module::{BoxFuture, Deps, PurgeTenant, Service, ServiceModule};
 pub use serve::{PUBLIC_PREFIXES, ServeOptions, serve};
 pub use shutdown::{Shutdown, sigterm_or_ctrl_c};
 pub use telemetry::init_logging;

@@ -25,14 +25,14 @@ use mosaic_tenant::CallMeta;
 use tonic::Code;
 use tower::{Layer, Service};
 
-use crate::metrics::Metrics;
+use crate::metrics::CallMetrics;
 
 /// The `method` label of calls to paths the server does not know.
 pub const OTHER_METHOD: &str = "other";
 
 #[derive(Clone)]
 pub struct MetricsLayer {
-    metrics: Metrics,
+    metrics: CallMetrics,
     known_methods: Arc<HashSet<Arc<str>>>,
 }
 
@@ -47,7 +47,7 @@ impl std::fmt::Debug for MetricsLayer {
 impl MetricsLayer {
     /// `known_methods` are full paths such as `/mosaic.crm.v1.CrmService/ListAuditEvents`
     /// (see [`reflection::method_paths`](crate::reflection::method_paths)).
-    pub fn new(metrics: Metrics, known_methods: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(metrics: CallMetrics, known_methods: impl IntoIterator<Item = String>) -> Self {
         Self {
             metrics,
             known_methods: Arc::new(known_methods.into_iter().map(Arc::from).collect()),
@@ -210,7 +210,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<Code> {
 /// One call on its way through the server. Recorded exactly once: by
 /// [`finish`], or as `CANCELLED` when dropped unfinished.
 struct CallRecord {
-    metrics: Metrics,
+    metrics: CallMetrics,
     /// `None` for paths the server does not know.
     label: Option<Arc<str>>,
     path: String,
@@ -235,7 +235,7 @@ impl CallRecord {
         let elapsed = self.start.elapsed();
         let code_name = code_name(code);
         let label = self.label.as_deref().unwrap_or(OTHER_METHOD);
-        self.metrics.observe_call(label, code_name, elapsed);
+        self.metrics.observe(label, code_name, elapsed);
 
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
         let request_id = self.meta.as_ref().map(|m| m.request_id.as_str());
@@ -300,6 +300,7 @@ pub fn code_name(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mosaic_core::Metrics;
     use std::collections::VecDeque;
     use std::convert::Infallible;
 
@@ -325,7 +326,8 @@ mod tests {
     }
 
     fn layer(metrics: &Metrics) -> MetricsLayer {
-        MetricsLayer::new(metrics.clone(), ["/a.B/C".to_owned()])
+        let calls = CallMetrics::register(metrics).expect("register");
+        MetricsLayer::new(calls, ["/a.B/C".to_owned()])
     }
 
     /// Answers every call with `headers` and a body of `frames`.
@@ -366,7 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn trailers_only_status_comes_from_the_header() {
-        let metrics = Metrics::new().expect("metrics");
+        let metrics = Metrics::new();
         let mut svc = layer(&metrics).layer(answer(&[("grpc-status", "16")], Vec::new));
         let resp = svc.call(req("/a.B/C")).await.expect("infallible");
         // Recorded before the body is read.
@@ -377,7 +379,7 @@ mod tests {
 
     #[tokio::test]
     async fn streamed_status_comes_from_the_trailers() {
-        let metrics = Metrics::new().expect("metrics");
+        let metrics = Metrics::new();
         let mut svc = layer(&metrics).layer(answer(&[], || {
             vec![Frame::data(b"x".as_slice()), trailers("5")]
         }));
@@ -390,7 +392,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_dropped_early_is_cancelled() {
-        let metrics = Metrics::new().expect("metrics");
+        let metrics = Metrics::new();
         let mut svc = layer(&metrics).layer(answer(&[], || {
             vec![Frame::data(b"x".as_slice()), trailers("0")]
         }));
@@ -402,7 +404,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_paths_share_one_label() {
-        let metrics = Metrics::new().expect("metrics");
+        let metrics = Metrics::new();
         let mut svc = layer(&metrics).layer(answer(&[("grpc-status", "12")], Vec::new));
         for path in ["/a.B/D", "/x.Y/Z", "/"] {
             svc.call(req(path)).await.expect("infallible");

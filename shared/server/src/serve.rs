@@ -11,10 +11,9 @@
 //! `shutdown_timeout`, their connections are closed and `serve` returns anyway.
 
 use std::future::Future;
-use std::sync::Arc;
 
-use anyhow::Context as _;
 use mosaic_cache::{RateLimitLayer, RateLimiter};
+use mosaic_core::{Context as _, Metrics, StartupError};
 use mosaic_tenant::{AuthLayer, TokenVerifier};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,8 +21,8 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 
 use crate::config::ServerConfig;
-use crate::health::{Health, Probe};
-use crate::metrics::{Metrics, serve_metrics};
+use crate::health::Health;
+use crate::metrics::{CallMetrics, serve_metrics};
 use crate::metrics_layer::MetricsLayer;
 use crate::shutdown::Shutdown;
 use crate::{incoming, reflection};
@@ -41,11 +40,13 @@ pub const PUBLIC_PREFIXES: [&str; 3] = [
 ///
 /// ```ignore
 /// let opts = ServeOptions {
-///     health: Health::new(&["mosaic.crm.v1.CrmService"]),
-///     probes: vec![Arc::new(PostgresProbe::new(pool.clone()))],
+///     health: Health::new(vec![HealthGroup::new(&[CompanyServiceServer::<Companies>::NAME], probes)]),
 ///     ..ServeOptions::new(config, verifier, metrics)
 /// };
 /// ```
+///
+/// Services normally do not build this themselves: [`crate::suite`] does,
+/// from their [`crate::ServiceModule`]s.
 pub struct ServeOptions {
     pub config: ServerConfig,
     /// Verifies bearer tokens for every method not public.
@@ -53,11 +54,9 @@ pub struct ServeOptions {
     /// Full method paths (or path prefixes) callable without a token, on top
     /// of [`PUBLIC_PREFIXES`], e.g. `/mosaic.identity.v1.TokenService/ExchangeApiKey`.
     pub public_methods: Vec<String>,
-    /// Health of the server and of the services it lists; reflection lists
-    /// the same services.
+    /// Health of the server and of the services it lists, with the probes
+    /// behind it; reflection lists the same services.
     pub health: Health,
-    /// Checks behind the health status, e.g. database reachability.
-    pub probes: Vec<Arc<dyn Probe>>,
     pub metrics: Metrics,
     /// Where `GET /metrics` is served. When `None`, `config.metrics_addr` is
     /// bound (if set).
@@ -74,25 +73,20 @@ impl std::fmt::Debug for ServeOptions {
             .field("config", &self.config)
             .field("public_methods", &self.public_methods)
             .field("health", &self.health)
-            .field(
-                "probes",
-                &self.probes.iter().map(|p| p.name()).collect::<Vec<_>>(),
-            )
             .finish_non_exhaustive()
     }
 }
 
 impl ServeOptions {
-    /// No probes (always SERVING), no extra public methods, health for the
-    /// whole server only (so reflection lists no service of yours: set
-    /// `health` to list them), a fresh [`Shutdown`].
+    /// No extra public methods, health for the whole server only (always
+    /// SERVING, and reflection lists no service of yours: set `health` to
+    /// list them), a fresh [`Shutdown`].
     pub fn new(config: ServerConfig, verifier: TokenVerifier, metrics: Metrics) -> Self {
         Self {
             config,
             verifier,
             public_methods: Vec::new(),
-            health: Health::new(&[]),
-            probes: Vec::new(),
+            health: Health::new(Vec::new()),
             metrics,
             metrics_listener: None,
             stop: Shutdown::new(),
@@ -113,13 +107,12 @@ pub async fn serve(
     routes: Routes,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), StartupError> {
     let ServeOptions {
         config,
         verifier,
         public_methods,
         health,
-        probes,
         metrics,
         metrics_listener,
         stop,
@@ -138,7 +131,7 @@ pub async fn serve(
         (None, Some(addr)) => Some(
             TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("binding the metrics address {addr}"))?,
+                .context(format_args!("binding the metrics address {addr}"))?,
         ),
         (None, None) => None,
     };
@@ -157,7 +150,7 @@ pub async fn serve(
     tokio::spawn(
         health
             .clone()
-            .run_probes(probes, config.probe_interval, background.clone()),
+            .run_probes(config.probe_interval, background.clone()),
     );
 
     let routes = routes
@@ -171,11 +164,12 @@ pub async fn serve(
         .map(|p| (*p).to_owned())
         .chain(public_methods);
     let methods = reflection::method_paths().context("reading the descriptor sets")?;
+    let calls = CallMetrics::register(&metrics).context("registering the call metrics")?;
 
     let stop_accepting = CancellationToken::new();
     let force_close = CancellationToken::new();
     let server = Server::builder()
-        .layer(MetricsLayer::new(metrics, methods))
+        .layer(MetricsLayer::new(calls, methods))
         .layer(AuthLayer::new(verifier, public))
         .layer(RateLimitLayer::new(rate_limiter))
         .add_routes(routes)

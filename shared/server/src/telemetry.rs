@@ -4,16 +4,18 @@
 //! `mosaic_tenant::AuthLayer` opens, under `"span"`: its `method`,
 //! `request_id` and `tenant`. Event fields are flattened to the top level.
 
+use mosaic_core::ConfigError;
 use tracing_subscriber::EnvFilter;
+
+use crate::config::LOG;
 
 /// Installs the global subscriber. `filter` is a `tracing` directive list
 /// such as `info,mosaic_crm=debug`.
 ///
 /// Calling it again (tests do, once per case) is harmless: the first
 /// subscriber stays. Only an invalid filter is an error.
-pub fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(filter)
-        .map_err(|e| anyhow::anyhow!("invalid log filter {filter:?}: {e}"))?;
+pub fn init_logging(filter: &str, json: bool) -> Result<(), ConfigError> {
+    let filter = EnvFilter::try_new(filter).map_err(|e| ConfigError::invalid(LOG, filter, e))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true);

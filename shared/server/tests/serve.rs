@@ -1,19 +1,16 @@
 //! Black-box tests of `mosaic_server::serve`: a real server on 127.0.0.1:0,
 //! called through generated gRPC clients and plain HTTP.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use mosaic_core::{Metrics, Probe, ProbeFuture, StartupError};
 use mosaic_proto::identity::token_service_client::TokenServiceClient;
 use mosaic_proto::identity::token_service_server::{TokenService, TokenServiceServer};
 use mosaic_proto::identity::{ExchangeApiKeyRequest, ExchangeApiKeyResponse};
-use mosaic_server::{
-    Health, Metrics, Probe, ProbeResult, ServeOptions, ServerConfig, Shutdown, serve,
-};
+use mosaic_server::{Health, HealthGroup, ServeOptions, ServerConfig, Shutdown, serve};
 use mosaic_tenant::{AuthConfig, Claims, KeyMaterial, TokenSigner, TokenVerifier};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -58,7 +55,7 @@ impl Probe for Flag {
     fn name(&self) -> &str {
         "flag"
     }
-    fn check(&self) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + '_>> {
+    fn check(&self) -> ProbeFuture<'_> {
         let ok = self.0.load(Ordering::SeqCst);
         Box::pin(async move { if ok { Ok(()) } else { Err("flag down".into()) } })
     }
@@ -71,7 +68,7 @@ struct TestServer {
     stop: Shutdown,
     token: String,
     shutdown: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<anyhow::Result<()>>,
+    handle: JoinHandle<Result<(), StartupError>>,
 }
 
 impl TestServer {
@@ -88,7 +85,7 @@ impl TestServer {
             .sign(&Claims::new(
                 &auth,
                 "user:u".into(),
-                Some(uuid::Uuid::now_v7()),
+                Some(mosaic_core::TenantId::new()),
                 vec!["member".into()],
                 Duration::from_secs(300),
             ))
@@ -117,12 +114,14 @@ impl TestServer {
         let probe_ok = Arc::new(AtomicBool::new(true));
         let stop = Shutdown::new();
         let opts = ServeOptions {
-            health: Health::new(&[TOKEN_SERVICE]),
-            probes: vec![Arc::new(Flag(probe_ok.clone()))],
+            health: Health::new(vec![HealthGroup::new(
+                &[TOKEN_SERVICE],
+                vec![Arc::new(Flag(probe_ok.clone()))],
+            )]),
             metrics_listener: Some(metrics_listener),
             stop: stop.clone(),
             // ExchangeApiKey is deliberately not public here, to exercise auth.
-            ..ServeOptions::new(config, verifier, Metrics::new().expect("metrics"))
+            ..ServeOptions::new(config, verifier, Metrics::new())
         };
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(serve(listener, routes, opts, async move {

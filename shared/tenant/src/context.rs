@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mosaic_api::{ApiError, ApiResult};
+use mosaic_core::TenantId;
 use uuid::Uuid;
 
 /// Roles inside a tenant, strongest first. A role satisfies every weaker one.
@@ -49,7 +50,7 @@ pub struct TenantContext(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {
-    tenant: Option<Uuid>,
+    tenant: Option<TenantId>,
     principal: String,
     role: Option<Role>,
     platform_admin: bool,
@@ -62,7 +63,7 @@ struct Inner {
 impl TenantContext {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        tenant: Option<Uuid>,
+        tenant: Option<TenantId>,
         principal: String,
         role: Option<Role>,
         platform_admin: bool,
@@ -94,14 +95,14 @@ impl TenantContext {
 
     /// The tenant this call acts for. A token without a tenant (a platform
     /// admin's) cannot call tenant-scoped methods directly.
-    pub fn tenant_id(&self) -> ApiResult<Uuid> {
+    pub fn tenant_id(&self) -> ApiResult<TenantId> {
         self.0.tenant.ok_or_else(|| {
             ApiError::permission_denied("the token carries no tenant; this method needs one")
         })
     }
 
     /// The tenant, if the token carries one.
-    pub fn tenant(&self) -> Option<Uuid> {
+    pub fn tenant(&self) -> Option<TenantId> {
         self.0.tenant
     }
 
@@ -180,7 +181,11 @@ impl TenantContext {
     /// The context for acting on `tenant`: the caller's own tenant, or, for a
     /// platform admin, any tenant. Anyone else asking for another tenant gets
     /// NOT_FOUND, exactly as if it did not exist.
-    pub fn scoped_to(&self, tenant: Uuid, not_found: impl FnOnce() -> ApiError) -> ApiResult<Self> {
+    pub fn scoped_to(
+        &self,
+        tenant: TenantId,
+        not_found: impl FnOnce() -> ApiError,
+    ) -> ApiResult<Self> {
         if self.0.tenant == Some(tenant) {
             return Ok(self.clone());
         }
@@ -203,7 +208,7 @@ impl TenantContext {
     /// A context for work that no client request started (background jobs,
     /// bootstrap), acting as `principal` for `tenant`. Carries no token, so it
     /// cannot be propagated to other services.
-    pub fn system(tenant: Uuid, principal: &str) -> Self {
+    pub fn system(tenant: TenantId, principal: &str) -> Self {
         Self::new(
             Some(tenant),
             format!("system:{principal}"),

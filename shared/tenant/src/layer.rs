@@ -33,7 +33,7 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 #[derive(Debug, Clone)]
 pub struct CallMeta {
     pub request_id: String,
-    pub tenant: Option<Uuid>,
+    pub tenant: Option<mosaic_core::TenantId>,
     pub principal: Option<String>,
 }
 
@@ -308,7 +308,7 @@ mod tests {
     #[tokio::test]
     async fn verified_token_reaches_the_handler() {
         let (layer, signer, config) = setup();
-        let tenant = Uuid::now_v7();
+        let tenant = mosaic_core::TenantId::new();
         let token = signer
             .sign(&Claims::new(
                 &config,

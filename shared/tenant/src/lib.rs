@@ -11,14 +11,19 @@
 //!   deadline, and puts a [`TenantContext`] on the request.
 //! - [`propagation`]: [`Propagate`], the client-side interceptor that forwards
 //!   token, request id, trace context and the remaining deadline to another service.
+//! - [`client`]: [`peer_error`], what a caller sees when a peer service fails.
 
+pub mod client;
 pub mod context;
 pub mod layer;
 pub mod propagation;
 pub mod token;
 mod trace;
 
+pub use client::peer_error;
 pub use context::{Role, TenantContext};
 pub use layer::{AuthLayer, CallMeta};
 pub use propagation::Propagate;
-pub use token::{AuthConfig, Claims, KeyError, KeyMaterial, TokenSigner, TokenVerifier};
+pub use token::{
+    AuthConfig, Claims, KeyError, KeyMaterial, TokenSettings, TokenSigner, TokenVerifier,
+};

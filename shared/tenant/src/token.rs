@@ -6,9 +6,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use mosaic_api::{ApiError, ApiResult};
+use mosaic_core::{ConfigError, Env, TenantId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use crate::context::{PLATFORM_ADMIN, Role};
 
@@ -23,7 +23,7 @@ pub struct Claims {
     pub exp: u64,
     /// Tenant id; absent only in platform-admin tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tid: Option<Uuid>,
+    pub tid: Option<TenantId>,
     /// `owner`, `admin`, `member`, `viewer`, and/or `platform_admin`.
     #[serde(default)]
     pub roles: Vec<String>,
@@ -34,7 +34,7 @@ impl Claims {
     pub fn new(
         config: &AuthConfig,
         sub: String,
-        tenant: Option<Uuid>,
+        tenant: Option<TenantId>,
         roles: Vec<String>,
         ttl: Duration,
     ) -> Self {
@@ -245,42 +245,76 @@ impl TokenSigner {
 /// Why a key could not be loaded.
 pub type KeyError = jsonwebtoken::errors::Error;
 
-/// Token settings from the environment:
-/// `MOSAIC_JWT_ISSUER` and `MOSAIC_JWT_AUDIENCE` (default `mosaic`), and keys:
-/// `MOSAIC_JWT_PUBLIC_KEY` (PEM, EdDSA or RS256) to verify and
-/// `MOSAIC_JWT_PRIVATE_KEY` (PEM) to sign, or `MOSAIC_JWT_HS256_SECRET` for
-/// both (local use). Returns the verifier settings and the signing key, if any.
-pub fn from_env() -> Result<(AuthConfig, Option<KeyMaterial>), String> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let issuer = var("MOSAIC_JWT_ISSUER").unwrap_or_else(|| "mosaic".to_owned());
-    let audience = var("MOSAIC_JWT_AUDIENCE").unwrap_or_else(|| "mosaic".to_owned());
-    let (verify, sign) = match (var("MOSAIC_JWT_PUBLIC_KEY"), var("MOSAIC_JWT_HS256_SECRET")) {
-        (Some(public), _) => (
-            KeyMaterial::from_pem(public.into_bytes()),
-            var("MOSAIC_JWT_PRIVATE_KEY").map(|p| KeyMaterial::from_pem(p.into_bytes())),
-        ),
-        (None, Some(secret)) => {
-            if secret.len() < 32 {
-                return Err("MOSAIC_JWT_HS256_SECRET: at least 32 characters".to_owned());
+/// `MOSAIC_JWT_ISSUER`, `MOSAIC_JWT_AUDIENCE`: required claims (default `mosaic`).
+pub const ISSUER: &str = "MOSAIC_JWT_ISSUER";
+pub const AUDIENCE: &str = "MOSAIC_JWT_AUDIENCE";
+/// `MOSAIC_JWT_PUBLIC_KEY`: PEM (EdDSA or RS256) that verifies tokens.
+pub const PUBLIC_KEY: &str = "MOSAIC_JWT_PUBLIC_KEY";
+/// `MOSAIC_JWT_PRIVATE_KEY`: PEM that signs tokens (identity).
+pub const PRIVATE_KEY: &str = "MOSAIC_JWT_PRIVATE_KEY";
+/// `MOSAIC_JWT_HS256_SECRET`: the local alternative to a key pair, at least 32 characters.
+pub const HS256_SECRET: &str = "MOSAIC_JWT_HS256_SECRET";
+
+/// Token settings: what a verifier accepts, and the signing key if this
+/// process has one.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub verify: AuthConfig,
+    pub signing_key: Option<KeyMaterial>,
+}
+
+impl TokenSettings {
+    /// From [`ISSUER`], [`AUDIENCE`] and the keys: [`PUBLIC_KEY`] to verify
+    /// and [`PRIVATE_KEY`] to sign, or [`HS256_SECRET`] for both (local use).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let issuer = env.string(ISSUER, "mosaic")?;
+        let audience = env.string(AUDIENCE, "mosaic")?;
+        let (verify, signing_key) = match (env.secret(PUBLIC_KEY)?, env.secret(HS256_SECRET)?) {
+            (Some(public), _) => (
+                KeyMaterial::from_pem(public.expose().as_bytes().to_vec()),
+                env.secret(PRIVATE_KEY)?
+                    .map(|private| KeyMaterial::from_pem(private.expose().as_bytes().to_vec())),
+            ),
+            (None, Some(secret)) => {
+                if secret.expose().len() < 32 {
+                    return Err(ConfigError::invalid_secret(
+                        HS256_SECRET,
+                        "at least 32 characters",
+                    ));
+                }
+                let key = KeyMaterial::Hs256(secret.expose().as_bytes().to_vec());
+                (key.clone(), Some(key))
             }
-            let key = KeyMaterial::Hs256(secret.into_bytes());
-            (key.clone(), Some(key))
-        }
-        (None, None) => {
-            return Err(
-                "no token key: set MOSAIC_JWT_PUBLIC_KEY (PEM) or, for local use, MOSAIC_JWT_HS256_SECRET".to_owned(),
-            );
-        }
-    };
-    Ok((
-        AuthConfig {
-            issuer,
-            audience,
-            key: verify,
-            cache_ttl: Duration::from_secs(30),
-        },
-        sign,
-    ))
+            (None, None) => {
+                return Err(ConfigError::missing(
+                    PUBLIC_KEY,
+                    format!(
+                        "tokens are verified with it (PEM), or, for local use, with {HS256_SECRET}"
+                    ),
+                ));
+            }
+        };
+        Ok(Self {
+            verify: AuthConfig {
+                issuer,
+                audience,
+                key: verify,
+                cache_ttl: Duration::from_secs(30),
+            },
+            signing_key,
+        })
+    }
+
+    /// The signing key, or why this process cannot sign.
+    pub fn signer(&self) -> Result<TokenSigner, ConfigError> {
+        let key = self.signing_key.as_ref().ok_or_else(|| {
+            ConfigError::missing(
+                PRIVATE_KEY,
+                format!("this process signs tokens (or set {HS256_SECRET} for local use)"),
+            )
+        })?;
+        TokenSigner::new(key).map_err(|e| ConfigError::invalid_secret(PRIVATE_KEY, e))
+    }
 }
 
 #[cfg(test)]
@@ -304,7 +338,7 @@ mod tests {
         let claims = Claims::new(
             &c,
             "user:x".into(),
-            Some(Uuid::now_v7()),
+            Some(TenantId::new()),
             vec!["admin".into()],
             Duration::from_secs(60),
         );
@@ -349,6 +383,21 @@ mod tests {
         );
 
         assert!(v.verify("not.a.jwt").is_err());
+    }
+
+    #[test]
+    fn settings_from_a_map() {
+        let hs =
+            TokenSettings::from_env(&Env::from_pairs([(HS256_SECRET, "k".repeat(32))])).unwrap();
+        assert_eq!(hs.verify.issuer, "mosaic");
+        assert!(hs.signer().is_ok());
+        let short = TokenSettings::from_env(&Env::from_pairs([(HS256_SECRET, "k")])).unwrap_err();
+        assert_eq!(
+            short.to_string(),
+            "MOSAIC_JWT_HS256_SECRET is invalid: at least 32 characters"
+        );
+        let none = TokenSettings::from_env(&Env::from_pairs([(HS256_SECRET, " ")])).unwrap_err();
+        assert_eq!(none.name(), PUBLIC_KEY);
     }
 
     #[test]

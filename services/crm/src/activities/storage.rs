@@ -3,11 +3,12 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use mosaic_api::{ApiResult, convert};
 use mosaic_db::{Constraint, TenantTx, db_error, db_error_with};
-use mosaic_proto::crm::Activity;
+use mosaic_proto::StoredEnum;
+use mosaic_proto::crm::{Activity, ActivityKind};
 use sqlx::{Postgres, QueryBuilder};
-use uuid::Uuid;
 
-use super::{NewActivity, Subjects, kind_from, kind_name};
+use super::{NewActivity, Subjects};
+use crate::ids::{ActivityId, CompanyId, ContactId, DealId};
 
 const SELECT: &str = "t.activity_id, t.kind, t.company_id, t.contact_id, t.deal_id, t.occurred_at, \
      t.summary, t.details, t.actor, t.created_at";
@@ -32,28 +33,29 @@ const CONSTRAINTS: &[Constraint] = &[
 ];
 
 #[derive(Debug, sqlx::FromRow)]
-pub struct ActivityRow {
-    pub activity_id: Uuid,
-    pub kind: String,
-    pub company_id: Option<Uuid>,
-    pub contact_id: Option<Uuid>,
-    pub deal_id: Option<Uuid>,
-    pub occurred_at: DateTime<Utc>,
-    pub summary: String,
-    pub details: serde_json::Value,
-    pub actor: String,
-    pub created_at: DateTime<Utc>,
+pub(crate) struct ActivityRow {
+    pub(crate) activity_id: ActivityId,
+    pub(crate) kind: String,
+    pub(crate) company_id: Option<CompanyId>,
+    pub(crate) contact_id: Option<ContactId>,
+    pub(crate) deal_id: Option<DealId>,
+    pub(crate) occurred_at: DateTime<Utc>,
+    pub(crate) summary: String,
+    pub(crate) details: serde_json::Value,
+    pub(crate) actor: String,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
-fn id_text(id: Option<Uuid>) -> String {
-    id.map(|i| i.to_string()).unwrap_or_default()
+fn id_text(id: Option<impl ToString>) -> String {
+    id.map(|id| id.to_string()).unwrap_or_default()
 }
 
 impl ActivityRow {
-    pub fn into_proto(self) -> Activity {
+    pub(crate) fn into_proto(self) -> Activity {
+        let kind = ActivityKind::from_stored(&self.kind).unwrap_or(ActivityKind::Unspecified);
         Activity {
             activity_id: self.activity_id.to_string(),
-            kind: kind_from(&self.kind) as i32,
+            kind: kind as i32,
             company_id: id_text(self.company_id),
             contact_id: id_text(self.contact_id),
             deal_id: id_text(self.deal_id),
@@ -67,7 +69,11 @@ impl ActivityRow {
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn insert(tx: &mut TenantTx, id: Uuid, a: &NewActivity) -> ApiResult<ActivityRow> {
+pub(crate) async fn insert(
+    tx: &mut TenantTx,
+    id: ActivityId,
+    activity: &NewActivity,
+) -> ApiResult<ActivityRow> {
     let tenant = tx.tenant_id();
     let actor = tx.ctx().principal().to_owned();
     sqlx::query_as(&format!(
@@ -77,13 +83,13 @@ pub async fn insert(tx: &mut TenantTx, id: Uuid, a: &NewActivity) -> ApiResult<A
     ))
     .bind(tenant)
     .bind(id)
-    .bind(kind_name(a.kind))
-    .bind(a.subjects.company_id)
-    .bind(a.subjects.contact_id)
-    .bind(a.subjects.deal_id)
-    .bind(a.occurred_at)
-    .bind(&a.summary)
-    .bind(&a.details)
+    .bind(activity.kind.stored_name())
+    .bind(activity.subjects.company_id)
+    .bind(activity.subjects.contact_id)
+    .bind(activity.subjects.deal_id)
+    .bind(activity.occurred_at)
+    .bind(&activity.summary)
+    .bind(&activity.details)
     .bind(actor)
     .fetch_one(tx.conn())
     .await
@@ -92,83 +98,83 @@ pub async fn insert(tx: &mut TenantTx, id: Uuid, a: &NewActivity) -> ApiResult<A
 
 /// The checked filters of ListActivities.
 #[derive(Debug)]
-pub struct ActivityFilter {
-    pub subjects: Subjects,
-    pub kind: Option<&'static str>,
-    pub start: Option<DateTime<Utc>>,
-    pub end: Option<DateTime<Utc>>,
+pub(crate) struct ActivityFilter {
+    pub(crate) subjects: Subjects,
+    pub(crate) kind: Option<&'static str>,
+    pub(crate) start: Option<DateTime<Utc>>,
+    pub(crate) end: Option<DateTime<Utc>>,
 }
 
-fn push_subjects(q: &mut QueryBuilder<Postgres>, s: &Subjects) {
-    if let Some(id) = s.company_id {
-        q.push(" AND t.company_id = ").push_bind(id);
+fn push_subjects(sql: &mut QueryBuilder<Postgres>, subjects: &Subjects) {
+    if let Some(id) = subjects.company_id {
+        sql.push(" AND t.company_id = ").push_bind(id);
     }
-    if let Some(id) = s.contact_id {
-        q.push(" AND t.contact_id = ").push_bind(id);
+    if let Some(id) = subjects.contact_id {
+        sql.push(" AND t.contact_id = ").push_bind(id);
     }
-    if let Some(id) = s.deal_id {
-        q.push(" AND t.deal_id = ").push_bind(id);
+    if let Some(id) = subjects.deal_id {
+        sql.push(" AND t.deal_id = ").push_bind(id);
     }
 }
 
 /// One page newest first by `(occurred_at, activity_id)` (the key of the
 /// per-subject indexes), `limit + 1` rows; only the filters in use become SQL.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn list_page(
+pub(crate) async fn list_page(
     tx: &mut TenantTx,
-    f: &ActivityFilter,
-    after: Option<(DateTime<Utc>, Uuid)>,
+    filter: &ActivityFilter,
+    after: Option<(DateTime<Utc>, ActivityId)>,
     limit: u32,
 ) -> ApiResult<Vec<ActivityRow>> {
-    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!(
         "SELECT {SELECT} FROM activities t WHERE t.tenant_id = "
     ));
-    q.push_bind(tx.tenant_id());
-    push_subjects(&mut q, &f.subjects);
-    if let Some(kind) = f.kind {
-        q.push(" AND t.kind = ").push_bind(kind);
+    sql.push_bind(tx.tenant_id());
+    push_subjects(&mut sql, &filter.subjects);
+    if let Some(kind) = filter.kind {
+        sql.push(" AND t.kind = ").push_bind(kind);
     }
-    if let Some(start) = f.start {
-        q.push(" AND t.occurred_at >= ").push_bind(start);
+    if let Some(start) = filter.start {
+        sql.push(" AND t.occurred_at >= ").push_bind(start);
     }
-    if let Some(end) = f.end {
-        q.push(" AND t.occurred_at < ").push_bind(end);
+    if let Some(end) = filter.end {
+        sql.push(" AND t.occurred_at < ").push_bind(end);
     }
     if let Some((at, id)) = after {
-        q.push(" AND (t.occurred_at, t.activity_id) < (")
+        sql.push(" AND (t.occurred_at, t.activity_id) < (")
             .push_bind(at)
             .push(", ")
             .push_bind(id)
             .push(")");
     }
-    q.push(" ORDER BY t.occurred_at DESC, t.activity_id DESC LIMIT ")
+    sql.push(" ORDER BY t.occurred_at DESC, t.activity_id DESC LIMIT ")
         .push_bind(i64::from(limit) + 1);
-    q.build_query_as()
+    sql.build_query_as()
         .fetch_all(tx.conn())
         .await
         .map_err(db_error)
 }
 
 #[derive(Debug, sqlx::FromRow)]
-pub struct DayCount {
-    pub day: NaiveDate,
-    pub total: i64,
-    pub email: i64,
-    pub call: i64,
-    pub meeting: i64,
-    pub note: i64,
+pub(crate) struct DayCount {
+    pub(crate) day: NaiveDate,
+    pub(crate) total: i64,
+    pub(crate) email: i64,
+    pub(crate) call: i64,
+    pub(crate) meeting: i64,
+    pub(crate) note: i64,
 }
 
 /// Counts per UTC day from `start` to `end` (both inclusive), every day
 /// present. Days are cut in UTC explicitly, whatever the session time zone.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn daily_counts(
+pub(crate) async fn daily_counts(
     tx: &mut TenantTx,
     start: NaiveDate,
     end: NaiveDate,
-    s: &Subjects,
+    subjects: &Subjects,
 ) -> ApiResult<Vec<DayCount>> {
-    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(
         "WITH counts AS ( \
              SELECT (t.occurred_at AT TIME ZONE 'UTC')::date AS day, count(*) AS total, \
                     count(*) FILTER (WHERE t.kind = 'email') AS email, \
@@ -177,25 +183,25 @@ pub async fn daily_counts(
                     count(*) FILTER (WHERE t.kind = 'note') AS note \
              FROM activities t WHERE t.tenant_id = ",
     );
-    q.push_bind(tx.tenant_id());
-    q.push(" AND t.occurred_at >= (")
+    sql.push_bind(tx.tenant_id());
+    sql.push(" AND t.occurred_at >= (")
         .push_bind(start)
         .push("::date::timestamp AT TIME ZONE 'UTC')");
-    q.push(" AND t.occurred_at < ((")
+    sql.push(" AND t.occurred_at < ((")
         .push_bind(end)
         .push("::date + 1)::timestamp AT TIME ZONE 'UTC')");
-    push_subjects(&mut q, s);
-    q.push(
+    push_subjects(&mut sql, subjects);
+    sql.push(
         " GROUP BY 1) SELECT d.day::date AS day, COALESCE(c.total, 0) AS total, \
              COALESCE(c.email, 0) AS email, COALESCE(c.call, 0) AS call, \
              COALESCE(c.meeting, 0) AS meeting, COALESCE(c.note, 0) AS note \
          FROM generate_series(",
     );
-    q.push_bind(start).push("::date, ").push_bind(end).push(
+    sql.push_bind(start).push("::date, ").push_bind(end).push(
         "::date, interval '1 day') AS d(day) \
          LEFT JOIN counts c ON c.day = d.day::date ORDER BY 1",
     );
-    q.build_query_as()
+    sql.build_query_as()
         .fetch_all(tx.conn())
         .await
         .map_err(db_error)

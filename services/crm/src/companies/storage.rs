@@ -1,19 +1,17 @@
 //! SQL of companies. Every statement names `tenant_id = $1` (RLS is the backstop).
 
-use chrono::{DateTime, Utc};
-use mosaic_api::{ApiResult, convert, etag};
-use mosaic_db::{Constraint, TenantTx, db_error, db_error_with};
+use mosaic_api::ApiResult;
+use mosaic_db::{Constraint, HasMeta, RowMeta, TenantTx, db_error, db_error_with};
 use mosaic_proto::crm::Company;
-use uuid::Uuid;
 
 use super::CompanyFields;
-use crate::lifecycle;
+use crate::ids::CompanyId;
 
 /// Select list over the alias `t`.
-pub const SELECT: &str = "t.company_id, t.display_name, t.domain, t.external_id, t.industry, \
+pub(crate) const SELECT: &str = "t.company_id, t.display_name, t.domain, t.external_id, t.industry, \
      t.employee_count, t.revision, t.created_at, t.updated_at, t.deleted_at";
 
-pub const CONSTRAINTS: &[Constraint] = &[
+pub(crate) const CONSTRAINTS: &[Constraint] = &[
     Constraint {
         name: "companies_domain_live",
         field: "company.domain",
@@ -41,21 +39,25 @@ const BATCH_CONSTRAINTS: &[Constraint] = &[
 ];
 
 #[derive(Debug, sqlx::FromRow)]
-pub struct CompanyRow {
-    pub company_id: Uuid,
-    pub display_name: String,
-    pub domain: Option<String>,
-    pub external_id: Option<String>,
-    pub industry: String,
-    pub employee_count: i32,
-    pub revision: i64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub deleted_at: Option<DateTime<Utc>>,
+pub(crate) struct CompanyRow {
+    pub(crate) company_id: CompanyId,
+    pub(crate) display_name: String,
+    pub(crate) domain: Option<String>,
+    pub(crate) external_id: Option<String>,
+    pub(crate) industry: String,
+    pub(crate) employee_count: i32,
+    #[sqlx(flatten)]
+    pub(crate) meta: RowMeta,
+}
+
+impl HasMeta for CompanyRow {
+    fn meta(&self) -> &RowMeta {
+        &self.meta
+    }
 }
 
 impl CompanyRow {
-    pub fn fields(&self) -> CompanyFields {
+    pub(crate) fn fields(&self) -> CompanyFields {
         CompanyFields {
             display_name: self.display_name.clone(),
             domain: self.domain.clone(),
@@ -65,7 +67,7 @@ impl CompanyRow {
         }
     }
 
-    pub fn into_proto(self) -> Company {
+    pub(crate) fn into_proto(self) -> Company {
         Company {
             company_id: self.company_id.to_string(),
             display_name: self.display_name,
@@ -73,17 +75,21 @@ impl CompanyRow {
             external_id: self.external_id.unwrap_or_default(),
             industry: self.industry,
             employee_count: self.employee_count,
-            create_time: Some(convert::timestamp(self.created_at)),
-            update_time: Some(convert::timestamp(self.updated_at)),
-            delete_time: convert::opt_timestamp(self.deleted_at),
-            expire_time: lifecycle::expire_time(self.deleted_at),
-            etag: etag::format(self.revision),
+            create_time: self.meta.create_time(),
+            update_time: self.meta.update_time(),
+            delete_time: self.meta.delete_time(),
+            expire_time: self.meta.expire_time(),
+            etag: self.meta.etag(),
         }
     }
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn insert(tx: &mut TenantTx, id: Uuid, f: &CompanyFields) -> ApiResult<CompanyRow> {
+pub(crate) async fn insert(
+    tx: &mut TenantTx,
+    id: CompanyId,
+    fields: &CompanyFields,
+) -> ApiResult<CompanyRow> {
     let tenant = tx.tenant_id();
     sqlx::query_as(&format!(
         "INSERT INTO companies AS t \
@@ -92,11 +98,11 @@ pub async fn insert(tx: &mut TenantTx, id: Uuid, f: &CompanyFields) -> ApiResult
     ))
     .bind(tenant)
     .bind(id)
-    .bind(&f.display_name)
-    .bind(&f.domain)
-    .bind(&f.external_id)
-    .bind(&f.industry)
-    .bind(f.employee_count)
+    .bind(&fields.display_name)
+    .bind(&fields.domain)
+    .bind(&fields.external_id)
+    .bind(&fields.industry)
+    .bind(fields.employee_count)
     .fetch_one(tx.conn())
     .await
     .map_err(|e| db_error_with(e, CONSTRAINTS))
@@ -104,7 +110,11 @@ pub async fn insert(tx: &mut TenantTx, id: Uuid, f: &CompanyFields) -> ApiResult
 
 /// Writes every field of a row the caller locked; NOT_FOUND if it vanished.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn update(tx: &mut TenantTx, id: Uuid, f: &CompanyFields) -> ApiResult<CompanyRow> {
+pub(crate) async fn update(
+    tx: &mut TenantTx,
+    id: CompanyId,
+    fields: &CompanyFields,
+) -> ApiResult<CompanyRow> {
     let tenant = tx.tenant_id();
     sqlx::query_as(&format!(
         "UPDATE companies AS t SET display_name = $3, domain = $4, external_id = $5, \
@@ -113,11 +123,11 @@ pub async fn update(tx: &mut TenantTx, id: Uuid, f: &CompanyFields) -> ApiResult
     ))
     .bind(tenant)
     .bind(id)
-    .bind(&f.display_name)
-    .bind(&f.domain)
-    .bind(&f.external_id)
-    .bind(&f.industry)
-    .bind(f.employee_count)
+    .bind(&fields.display_name)
+    .bind(&fields.domain)
+    .bind(&fields.external_id)
+    .bind(&fields.industry)
+    .bind(fields.employee_count)
     .fetch_optional(tx.conn())
     .await
     .map_err(|e| db_error_with(e, CONSTRAINTS))?
@@ -126,9 +136,9 @@ pub async fn update(tx: &mut TenantTx, id: Uuid, f: &CompanyFields) -> ApiResult
 
 /// One page in id (= creation) order, `limit + 1` rows to detect a next page.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn list_page(
+pub(crate) async fn list_page(
     tx: &mut TenantTx,
-    after: Option<Uuid>,
+    after: Option<CompanyId>,
     show_deleted: bool,
     limit: u32,
 ) -> ApiResult<Vec<CompanyRow>> {
@@ -149,7 +159,7 @@ pub async fn list_page(
 }
 
 /// `(domain, external_id)` of live companies holding any of `domains`.
-pub async fn live_domain_holders(
+pub(crate) async fn live_domain_holders(
     tx: &mut TenantTx,
     domains: &[String],
 ) -> ApiResult<Vec<(String, Option<String>)>> {
@@ -168,11 +178,12 @@ pub async fn live_domain_holders(
     .map_err(db_error)
 }
 
-#[derive(sqlx::FromRow)]
-struct Upserted {
+/// A company a batch upsert wrote, and whether it created it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct Upserted {
     #[sqlx(flatten)]
-    row: CompanyRow,
-    created: bool,
+    pub(crate) row: CompanyRow,
+    pub(crate) created: bool,
 }
 
 /// Creates or updates every entry by `external_id` in one statement: the
@@ -181,11 +192,11 @@ struct Upserted {
 /// go in `external_id` order so concurrent batches lock in the same order
 /// (no deadlock between two syncs of overlapping sets).
 #[tracing::instrument(level = "debug", skip_all, fields(rows = batch.len()))]
-pub async fn upsert_batch(
+pub(crate) async fn upsert_batch(
     tx: &mut TenantTx,
-    batch: &[(Uuid, CompanyFields)],
-) -> ApiResult<Vec<(CompanyRow, bool)>> {
-    let mut sorted: Vec<&(Uuid, CompanyFields)> = batch.iter().collect();
+    batch: &[(CompanyId, CompanyFields)],
+) -> ApiResult<Vec<Upserted>> {
+    let mut sorted: Vec<&(CompanyId, CompanyFields)> = batch.iter().collect();
     sorted.sort_by(|a, b| a.1.external_id.cmp(&b.1.external_id));
     let n = sorted.len();
     let (mut ids, mut names, mut domains, mut keys, mut industries, mut employees) = (
@@ -196,16 +207,16 @@ pub async fn upsert_batch(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for (id, f) in sorted {
+    for (id, fields) in sorted {
         ids.push(*id);
-        names.push(f.display_name.as_str());
-        domains.push(f.domain.as_deref());
-        keys.push(f.external_id.as_deref());
-        industries.push(f.industry.as_str());
-        employees.push(f.employee_count);
+        names.push(fields.display_name.as_str());
+        domains.push(fields.domain.as_deref());
+        keys.push(fields.external_id.as_deref());
+        industries.push(fields.industry.as_str());
+        employees.push(fields.employee_count);
     }
     let tenant = tx.tenant_id();
-    let rows: Vec<Upserted> = sqlx::query_as(&format!(
+    sqlx::query_as(&format!(
         "INSERT INTO companies AS t \
          (tenant_id, company_id, display_name, domain, external_id, industry, employee_count) \
          SELECT $1, u.* FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[]) \
@@ -225,6 +236,5 @@ pub async fn upsert_batch(
     .bind(&employees)
     .fetch_all(tx.conn())
     .await
-    .map_err(|e| db_error_with(e, BATCH_CONSTRAINTS))?;
-    Ok(rows.into_iter().map(|u| (u.row, u.created)).collect())
+    .map_err(|e| db_error_with(e, BATCH_CONSTRAINTS))
 }

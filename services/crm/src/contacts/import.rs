@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::{ContactFields, ContactPatch, storage};
 use crate::companies;
+use crate::ids::CompanyId;
 
 /// Rows per upsert statement and transaction.
 pub const BATCH_ROWS: usize = 1000;
@@ -88,9 +89,9 @@ impl Report {
         self.failures.extend(
             indexes
                 .iter()
-                .map(|&i| failure(i, field, reason, description.to_owned())),
+                .map(|&index| failure(index, field, reason, description.to_owned())),
         );
-        self.failures.sort_by_key(|f| f.row_index);
+        self.failures.sort_by_key(|failure| failure.row_index);
         self.failures.truncate(MAX_FAILURES_LISTED);
     }
 
@@ -122,11 +123,11 @@ struct Written {
 }
 
 impl Report {
-    fn add(&mut self, w: Written) {
-        self.created += w.created;
-        self.updated += w.updated;
+    fn add(&mut self, written: Written) {
+        self.created += written.created;
+        self.updated += written.updated;
         self.fail_older(
-            &w.bad_company,
+            &written.bad_company,
             "company_id",
             "COMPANY_NOT_FOUND",
             "company_id: company not found",
@@ -202,7 +203,7 @@ pub async fn run(
             next_index += 1;
             match ContactPatch::parse_new(contact, "") {
                 Ok(fields) => batch.push(Pending { index, fields }),
-                Err(e) => report.invalid(index, &e),
+                Err(error) => report.invalid(index, &error),
             }
             if batch.len() == BATCH_ROWS {
                 settle(&mut in_flight, &mut report).await?;
@@ -249,20 +250,24 @@ async fn write_batch(
 ) -> ApiResult<Written> {
     let mut tx = db.begin(ctx).await?;
 
-    let referenced: Vec<Uuid> = batch
+    let referenced: Vec<CompanyId> = batch
         .iter()
-        .filter_map(|p| p.fields.company_id)
+        .filter_map(|pending| pending.fields.company_id)
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
     let live = companies::RESOURCE.live_ids(&mut tx, &referenced).await?;
     let mut bad_company: Vec<i64> = Vec::new();
     let mut last_by_email: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
-    for (i, p) in batch.iter().enumerate() {
-        if p.fields.company_id.is_some_and(|c| !live.contains(&c)) {
-            bad_company.push(p.index);
+    for (position, pending) in batch.iter().enumerate() {
+        if pending
+            .fields
+            .company_id
+            .is_some_and(|company| !live.contains(&company))
+        {
+            bad_company.push(pending.index);
         } else {
-            last_by_email.insert(p.fields.email.as_str(), i);
+            last_by_email.insert(pending.fields.email.as_str(), position);
         }
     }
     let good = batch.len() - bad_company.len();
@@ -270,12 +275,12 @@ async fn write_batch(
     // same order and wait on each other instead of deadlocking.
     let mut rows: Vec<&ContactFields> = last_by_email
         .into_values()
-        .map(|i| &batch[i].fields)
+        .map(|position| &batch[position].fields)
         .collect();
     rows.sort_unstable_by(|a, b| a.email.cmp(&b.email));
     let superseded = (good - rows.len()) as i64;
 
-    let (created, updated) = storage::upsert_batch(&mut tx, &rows).await?;
+    let storage::UpsertCounts { created, updated } = storage::upsert_batch(&mut tx, &rows).await?;
     tx.audit(
         "contact.import",
         "contact",

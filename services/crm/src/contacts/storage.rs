@@ -1,20 +1,18 @@
 //! SQL of contacts. Every statement names `tenant_id = $1` (RLS is the backstop).
 
-use chrono::{DateTime, Utc};
-use mosaic_api::{ApiResult, convert, etag};
-use mosaic_db::{Constraint, TenantTx, db_error, db_error_with};
+use mosaic_api::{ApiResult, convert};
+use mosaic_db::{Constraint, HasMeta, RowMeta, TenantTx, db_error, db_error_with};
 use mosaic_proto::crm::Contact;
 use sqlx::{Postgres, QueryBuilder};
-use uuid::Uuid;
 
 use super::{ContactFields, ContactFilter};
-use crate::lifecycle;
+use crate::ids::{CompanyId, ContactId, DealId};
 
 /// Select list over the alias `t` (the `search` vector stays in the database).
-pub const SELECT: &str = "t.contact_id, t.company_id, t.email, t.full_name, t.title, t.phone, \
+pub(crate) const SELECT: &str = "t.contact_id, t.company_id, t.email, t.full_name, t.title, t.phone, \
      t.tags, t.metadata, t.revision, t.created_at, t.updated_at, t.deleted_at";
 
-pub const CONSTRAINTS: &[Constraint] = &[
+pub(crate) const CONSTRAINTS: &[Constraint] = &[
     Constraint {
         name: "contacts_email_live",
         field: "contact.email",
@@ -27,29 +25,40 @@ pub const CONSTRAINTS: &[Constraint] = &[
     },
 ];
 
+/// How many rows a batch upsert created and updated.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub(crate) struct UpsertCounts {
+    pub(crate) created: i64,
+    pub(crate) updated: i64,
+}
+
 /// Tags of one import row travel as one text joined by this separator
 /// (tags cannot contain control characters), because a Postgres array of
 /// arrays must be rectangular and cannot be `UNNEST`ed row by row.
 const TAG_SEPARATOR: &str = "\u{1f}";
 
 #[derive(Debug, sqlx::FromRow)]
-pub struct ContactRow {
-    pub contact_id: Uuid,
-    pub company_id: Option<Uuid>,
-    pub email: String,
-    pub full_name: String,
-    pub title: String,
-    pub phone: String,
-    pub tags: Vec<String>,
-    pub metadata: serde_json::Value,
-    pub revision: i64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub deleted_at: Option<DateTime<Utc>>,
+pub(crate) struct ContactRow {
+    pub(crate) contact_id: ContactId,
+    pub(crate) company_id: Option<CompanyId>,
+    pub(crate) email: String,
+    pub(crate) full_name: String,
+    pub(crate) title: String,
+    pub(crate) phone: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) metadata: serde_json::Value,
+    #[sqlx(flatten)]
+    pub(crate) meta: RowMeta,
+}
+
+impl HasMeta for ContactRow {
+    fn meta(&self) -> &RowMeta {
+        &self.meta
+    }
 }
 
 impl ContactRow {
-    pub fn fields(&self) -> ContactFields {
+    pub(crate) fn fields(&self) -> ContactFields {
         ContactFields {
             company_id: self.company_id,
             email: self.email.clone(),
@@ -61,27 +70,34 @@ impl ContactRow {
         }
     }
 
-    pub fn into_proto(self) -> Contact {
+    pub(crate) fn into_proto(self) -> Contact {
         Contact {
             contact_id: self.contact_id.to_string(),
-            company_id: self.company_id.map(|c| c.to_string()).unwrap_or_default(),
+            company_id: self
+                .company_id
+                .map(|company| company.to_string())
+                .unwrap_or_default(),
             email: self.email,
             full_name: self.full_name,
             title: self.title,
             phone: self.phone,
             tags: self.tags,
             metadata: Some(convert::json_to_struct(&self.metadata)),
-            create_time: Some(convert::timestamp(self.created_at)),
-            update_time: Some(convert::timestamp(self.updated_at)),
-            delete_time: convert::opt_timestamp(self.deleted_at),
-            expire_time: lifecycle::expire_time(self.deleted_at),
-            etag: etag::format(self.revision),
+            create_time: self.meta.create_time(),
+            update_time: self.meta.update_time(),
+            delete_time: self.meta.delete_time(),
+            expire_time: self.meta.expire_time(),
+            etag: self.meta.etag(),
         }
     }
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn insert(tx: &mut TenantTx, id: Uuid, f: &ContactFields) -> ApiResult<ContactRow> {
+pub(crate) async fn insert(
+    tx: &mut TenantTx,
+    id: ContactId,
+    fields: &ContactFields,
+) -> ApiResult<ContactRow> {
     let tenant = tx.tenant_id();
     sqlx::query_as(&format!(
         "INSERT INTO contacts AS t \
@@ -90,13 +106,13 @@ pub async fn insert(tx: &mut TenantTx, id: Uuid, f: &ContactFields) -> ApiResult
     ))
     .bind(tenant)
     .bind(id)
-    .bind(f.company_id)
-    .bind(&f.email)
-    .bind(&f.full_name)
-    .bind(&f.title)
-    .bind(&f.phone)
-    .bind(&f.tags)
-    .bind(&f.metadata)
+    .bind(fields.company_id)
+    .bind(&fields.email)
+    .bind(&fields.full_name)
+    .bind(&fields.title)
+    .bind(&fields.phone)
+    .bind(&fields.tags)
+    .bind(&fields.metadata)
     .fetch_one(tx.conn())
     .await
     .map_err(|e| db_error_with(e, CONSTRAINTS))
@@ -104,7 +120,11 @@ pub async fn insert(tx: &mut TenantTx, id: Uuid, f: &ContactFields) -> ApiResult
 
 /// Writes every field of a row the caller locked; NOT_FOUND if it vanished.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn update(tx: &mut TenantTx, id: Uuid, f: &ContactFields) -> ApiResult<ContactRow> {
+pub(crate) async fn update(
+    tx: &mut TenantTx,
+    id: ContactId,
+    fields: &ContactFields,
+) -> ApiResult<ContactRow> {
     let tenant = tx.tenant_id();
     sqlx::query_as(&format!(
         "UPDATE contacts AS t SET company_id = $3, email = $4, full_name = $5, title = $6, \
@@ -113,13 +133,13 @@ pub async fn update(tx: &mut TenantTx, id: Uuid, f: &ContactFields) -> ApiResult
     ))
     .bind(tenant)
     .bind(id)
-    .bind(f.company_id)
-    .bind(&f.email)
-    .bind(&f.full_name)
-    .bind(&f.title)
-    .bind(&f.phone)
-    .bind(&f.tags)
-    .bind(&f.metadata)
+    .bind(fields.company_id)
+    .bind(&fields.email)
+    .bind(&fields.full_name)
+    .bind(&fields.title)
+    .bind(&fields.phone)
+    .bind(&fields.tags)
+    .bind(&fields.metadata)
     .fetch_optional(tx.conn())
     .await
     .map_err(|e| db_error_with(e, CONSTRAINTS))?
@@ -130,43 +150,43 @@ pub async fn update(tx: &mut TenantTx, id: Uuid, f: &ContactFields) -> ApiResult
 /// use become SQL, so each combination gets its own prepared statement and
 /// plan (a generic plan over `($2 IS NULL OR ...)` would scan).
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn list_page(
+pub(crate) async fn list_page(
     tx: &mut TenantTx,
     filter: &ContactFilter,
-    after: Option<Uuid>,
+    after: Option<ContactId>,
     limit: u32,
 ) -> ApiResult<Vec<ContactRow>> {
-    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!(
         "SELECT {SELECT} FROM contacts t WHERE t.tenant_id = "
     ));
-    q.push_bind(tx.tenant_id());
+    sql.push_bind(tx.tenant_id());
     if !filter.show_deleted {
-        q.push(" AND t.deleted_at IS NULL");
+        sql.push(" AND t.deleted_at IS NULL");
     }
     if let Some(company) = filter.company_id {
-        q.push(" AND t.company_id = ").push_bind(company);
+        sql.push(" AND t.company_id = ").push_bind(company);
     }
     if let Some(tag) = &filter.tag {
-        q.push(" AND t.tags @> ARRAY[")
+        sql.push(" AND t.tags @> ARRAY[")
             .push_bind(tag.clone())
             .push("]::text[]");
     }
     if let Some(pattern) = &filter.metadata {
-        q.push(" AND t.metadata @> ")
+        sql.push(" AND t.metadata @> ")
             .push_bind(pattern.clone())
             .push("::jsonb");
     }
     if let Some(query) = &filter.query {
-        q.push(" AND t.search @@ to_tsquery('simple', ")
+        sql.push(" AND t.search @@ to_tsquery('simple', ")
             .push_bind(query.clone())
             .push(")");
     }
     if let Some(after) = after {
-        q.push(" AND t.contact_id > ").push_bind(after);
+        sql.push(" AND t.contact_id > ").push_bind(after);
     }
-    q.push(" ORDER BY t.contact_id LIMIT ")
+    sql.push(" ORDER BY t.contact_id LIMIT ")
         .push_bind(i64::from(limit) + 1);
-    q.build_query_as()
+    sql.build_query_as()
         .fetch_all(tx.conn())
         .await
         .map_err(db_error)
@@ -176,7 +196,10 @@ pub async fn list_page(
 /// and removes its deal links, bumping each touched deal's revision (its
 /// etag changes with its contacts). Returns the deals that changed.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn detach_from_deals(tx: &mut TenantTx, contact: Uuid) -> ApiResult<Vec<Uuid>> {
+pub(crate) async fn detach_from_deals(
+    tx: &mut TenantTx,
+    contact: ContactId,
+) -> ApiResult<Vec<DealId>> {
     let tenant = tx.tenant_id();
     sqlx::query_scalar(
         "WITH unlinked AS ( \
@@ -199,10 +222,13 @@ pub async fn detach_from_deals(tx: &mut TenantTx, contact: Uuid) -> ApiResult<Ve
 /// Upserts import rows by email in one statement (one round trip): the
 /// columns travel as arrays and `UNNEST` turns them back into rows. Emails
 /// must be distinct (a `DO UPDATE` cannot touch a row twice); the caller
-/// makes them so. Returns `(created, updated)`; `xmax = 0` marks a row the
-/// statement inserted rather than updated.
+/// makes them so. `xmax = 0` marks a row the statement inserted rather than
+/// updated.
 #[tracing::instrument(level = "debug", skip_all, fields(rows = rows.len()))]
-pub async fn upsert_batch(tx: &mut TenantTx, rows: &[&ContactFields]) -> ApiResult<(i64, i64)> {
+pub(crate) async fn upsert_batch(
+    tx: &mut TenantTx,
+    rows: &[&ContactFields],
+) -> ApiResult<UpsertCounts> {
     let n = rows.len();
     let mut ids = Vec::with_capacity(n);
     let mut companies = Vec::with_capacity(n);
@@ -212,15 +238,15 @@ pub async fn upsert_batch(tx: &mut TenantTx, rows: &[&ContactFields]) -> ApiResu
     let mut phones = Vec::with_capacity(n);
     let mut tags = Vec::with_capacity(n);
     let mut metadata = Vec::with_capacity(n);
-    for f in rows {
-        ids.push(Uuid::now_v7());
-        companies.push(f.company_id);
-        emails.push(f.email.as_str());
-        names.push(f.full_name.as_str());
-        titles.push(f.title.as_str());
-        phones.push(f.phone.as_str());
-        tags.push(f.tags.join(TAG_SEPARATOR));
-        metadata.push(&f.metadata);
+    for fields in rows {
+        ids.push(ContactId::new());
+        companies.push(fields.company_id);
+        emails.push(fields.email.as_str());
+        names.push(fields.full_name.as_str());
+        titles.push(fields.title.as_str());
+        phones.push(fields.phone.as_str());
+        tags.push(fields.tags.join(TAG_SEPARATOR));
+        metadata.push(&fields.metadata);
     }
     let tenant = tx.tenant_id();
     sqlx::query_as(
@@ -237,7 +263,8 @@ pub async fn upsert_batch(tx: &mut TenantTx, rows: &[&ContactFields]) -> ApiResu
                  title = EXCLUDED.title, phone = EXCLUDED.phone, tags = EXCLUDED.tags, \
                  metadata = EXCLUDED.metadata, revision = t.revision + 1, updated_at = now() \
              RETURNING (t.xmax = 0) AS created \
-         ) SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM upserted",
+         ) SELECT count(*) FILTER (WHERE created) AS created, \
+                  count(*) FILTER (WHERE NOT created) AS updated FROM upserted",
     )
     .bind(tenant)
     .bind(&ids)

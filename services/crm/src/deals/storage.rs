@@ -1,19 +1,19 @@
 //! SQL of deals and their contact links. Every statement names
 //! `tenant_id = $1` (RLS is the backstop).
 
-use chrono::{DateTime, NaiveDate, Utc};
-use mosaic_api::{ApiResult, convert, etag};
-use mosaic_db::{Constraint, TenantTx, db_error, db_error_with};
-use mosaic_proto::crm::Deal;
+use chrono::NaiveDate;
+use mosaic_api::{ApiResult, convert};
+use mosaic_db::{Constraint, HasMeta, RowMeta, TenantTx, db_error, db_error_with};
+use mosaic_proto::StoredEnum;
+use mosaic_proto::crm::{Deal, DealStage};
 use sqlx::{Postgres, QueryBuilder};
-use uuid::Uuid;
 
-use super::{DealFields, stage_from, stage_name};
-use crate::{fields, lifecycle};
+use super::DealFields;
+use crate::ids::{CompanyId, ContactId, DealId};
 
 /// Select list over the alias `t`; `contact_ids` are the deal's links in
 /// link order (a per-row lookup on the `deal_contacts` primary key).
-pub const SELECT: &str = "t.deal_id, t.company_id, t.primary_contact_id, t.display_name, t.stage, \
+pub(crate) const SELECT: &str = "t.deal_id, t.company_id, t.primary_contact_id, t.display_name, t.stage, \
      t.probability, t.value_minor, t.currency_code, t.expected_close_date, \
      ARRAY(SELECT dc.contact_id FROM deal_contacts dc \
            WHERE dc.tenant_id = t.tenant_id AND dc.deal_id = t.deal_id \
@@ -21,7 +21,7 @@ pub const SELECT: &str = "t.deal_id, t.company_id, t.primary_contact_id, t.displ
      t.revision, t.created_at, t.updated_at, t.deleted_at";
 
 /// Backstops for the handlers' live checks (a purge racing a write).
-const CONSTRAINTS: &[Constraint] = &[
+pub(crate) const CONSTRAINTS: &[Constraint] = &[
     Constraint {
         name: "deals_company_fk",
         field: "deal.company_id",
@@ -40,30 +40,38 @@ const CONSTRAINTS: &[Constraint] = &[
 ];
 
 #[derive(Debug, sqlx::FromRow)]
-pub struct DealRow {
-    pub deal_id: Uuid,
-    pub company_id: Uuid,
-    pub primary_contact_id: Option<Uuid>,
-    pub display_name: String,
-    pub stage: String,
-    pub probability: i16,
-    pub value_minor: i64,
-    pub currency_code: String,
-    pub expected_close_date: Option<NaiveDate>,
-    pub contact_ids: Vec<Uuid>,
-    pub revision: i64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub deleted_at: Option<DateTime<Utc>>,
+pub(crate) struct DealRow {
+    pub(crate) deal_id: DealId,
+    pub(crate) company_id: CompanyId,
+    pub(crate) primary_contact_id: Option<ContactId>,
+    pub(crate) display_name: String,
+    pub(crate) stage: String,
+    pub(crate) probability: i16,
+    pub(crate) value_minor: i64,
+    pub(crate) currency_code: String,
+    pub(crate) expected_close_date: Option<NaiveDate>,
+    pub(crate) contact_ids: Vec<ContactId>,
+    #[sqlx(flatten)]
+    pub(crate) meta: RowMeta,
+}
+
+impl HasMeta for DealRow {
+    fn meta(&self) -> &RowMeta {
+        &self.meta
+    }
 }
 
 impl DealRow {
-    pub fn fields(&self) -> DealFields {
+    fn stage(&self) -> DealStage {
+        DealStage::from_stored(&self.stage).unwrap_or(DealStage::Unspecified)
+    }
+
+    pub(crate) fn fields(&self) -> DealFields {
         DealFields {
             company_id: self.company_id,
             primary_contact_id: self.primary_contact_id,
             display_name: self.display_name.clone(),
-            stage: stage_from(&self.stage),
+            stage: self.stage(),
             probability: self.probability,
             value_minor: self.value_minor,
             currency_code: self.currency_code.clone(),
@@ -71,35 +79,40 @@ impl DealRow {
         }
     }
 
-    pub fn into_proto(self) -> Deal {
+    pub(crate) fn into_proto(self) -> Deal {
+        let stage = self.stage() as i32;
         Deal {
             deal_id: self.deal_id.to_string(),
             company_id: self.company_id.to_string(),
             primary_contact_id: self
                 .primary_contact_id
-                .map(|c| c.to_string())
+                .map(|contact| contact.to_string())
                 .unwrap_or_default(),
             display_name: self.display_name,
-            stage: stage_from(&self.stage) as i32,
+            stage,
             probability: i32::from(self.probability),
             value_minor: self.value_minor,
             currency_code: self.currency_code,
             expected_close_date: self
                 .expected_close_date
-                .map(fields::format_date)
+                .map(convert::date)
                 .unwrap_or_default(),
-            contact_ids: self.contact_ids.iter().map(Uuid::to_string).collect(),
-            create_time: Some(convert::timestamp(self.created_at)),
-            update_time: Some(convert::timestamp(self.updated_at)),
-            delete_time: convert::opt_timestamp(self.deleted_at),
-            expire_time: lifecycle::expire_time(self.deleted_at),
-            etag: etag::format(self.revision),
+            contact_ids: self.contact_ids.iter().map(ToString::to_string).collect(),
+            create_time: self.meta.create_time(),
+            update_time: self.meta.update_time(),
+            delete_time: self.meta.delete_time(),
+            expire_time: self.meta.expire_time(),
+            etag: self.meta.etag(),
         }
     }
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn insert(tx: &mut TenantTx, id: Uuid, f: &DealFields) -> ApiResult<DealRow> {
+pub(crate) async fn insert(
+    tx: &mut TenantTx,
+    id: DealId,
+    fields: &DealFields,
+) -> ApiResult<DealRow> {
     let tenant = tx.tenant_id();
     sqlx::query_as(&format!(
         "INSERT INTO deals AS t (tenant_id, deal_id, company_id, primary_contact_id, display_name, \
@@ -108,14 +121,14 @@ pub async fn insert(tx: &mut TenantTx, id: Uuid, f: &DealFields) -> ApiResult<De
     ))
     .bind(tenant)
     .bind(id)
-    .bind(f.company_id)
-    .bind(f.primary_contact_id)
-    .bind(&f.display_name)
-    .bind(stage_name(f.stage))
-    .bind(f.probability)
-    .bind(f.value_minor)
-    .bind(&f.currency_code)
-    .bind(f.expected_close_date)
+    .bind(fields.company_id)
+    .bind(fields.primary_contact_id)
+    .bind(&fields.display_name)
+    .bind(fields.stage.stored_name())
+    .bind(fields.probability)
+    .bind(fields.value_minor)
+    .bind(&fields.currency_code)
+    .bind(fields.expected_close_date)
     .fetch_one(tx.conn())
     .await
     .map_err(|e| db_error_with(e, CONSTRAINTS))
@@ -123,7 +136,11 @@ pub async fn insert(tx: &mut TenantTx, id: Uuid, f: &DealFields) -> ApiResult<De
 
 /// Writes every field of a row the caller locked; NOT_FOUND if it vanished.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn update(tx: &mut TenantTx, id: Uuid, f: &DealFields) -> ApiResult<DealRow> {
+pub(crate) async fn update(
+    tx: &mut TenantTx,
+    id: DealId,
+    fields: &DealFields,
+) -> ApiResult<DealRow> {
     let tenant = tx.tenant_id();
     sqlx::query_as(&format!(
         "UPDATE deals AS t SET company_id = $3, primary_contact_id = $4, display_name = $5, \
@@ -133,14 +150,14 @@ pub async fn update(tx: &mut TenantTx, id: Uuid, f: &DealFields) -> ApiResult<De
     ))
     .bind(tenant)
     .bind(id)
-    .bind(f.company_id)
-    .bind(f.primary_contact_id)
-    .bind(&f.display_name)
-    .bind(stage_name(f.stage))
-    .bind(f.probability)
-    .bind(f.value_minor)
-    .bind(&f.currency_code)
-    .bind(f.expected_close_date)
+    .bind(fields.company_id)
+    .bind(fields.primary_contact_id)
+    .bind(&fields.display_name)
+    .bind(fields.stage.stored_name())
+    .bind(fields.probability)
+    .bind(fields.value_minor)
+    .bind(&fields.currency_code)
+    .bind(fields.expected_close_date)
     .fetch_optional(tx.conn())
     .await
     .map_err(|e| db_error_with(e, CONSTRAINTS))?
@@ -149,7 +166,7 @@ pub async fn update(tx: &mut TenantTx, id: Uuid, f: &DealFields) -> ApiResult<De
 
 /// Bumps the revision after a link change (the etag covers `contact_ids`)
 /// and returns the deal as it now reads.
-pub async fn touch(tx: &mut TenantTx, id: Uuid) -> ApiResult<DealRow> {
+pub(crate) async fn touch(tx: &mut TenantTx, id: DealId) -> ApiResult<DealRow> {
     let tenant = tx.tenant_id();
     sqlx::query_as(&format!(
         "UPDATE deals AS t SET revision = t.revision + 1, updated_at = now() \
@@ -166,38 +183,38 @@ pub async fn touch(tx: &mut TenantTx, id: Uuid) -> ApiResult<DealRow> {
 /// One page in id (= creation) order, `limit + 1` rows; only the filters in
 /// use become SQL.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn list_page(
+pub(crate) async fn list_page(
     tx: &mut TenantTx,
     show_deleted: bool,
-    company: Option<Uuid>,
+    company: Option<CompanyId>,
     stage: Option<&str>,
-    after: Option<Uuid>,
+    after: Option<DealId>,
     limit: u32,
 ) -> ApiResult<Vec<DealRow>> {
-    let mut q: QueryBuilder<Postgres> =
+    let mut sql: QueryBuilder<Postgres> =
         QueryBuilder::new(format!("SELECT {SELECT} FROM deals t WHERE t.tenant_id = "));
-    q.push_bind(tx.tenant_id());
+    sql.push_bind(tx.tenant_id());
     if !show_deleted {
-        q.push(" AND t.deleted_at IS NULL");
+        sql.push(" AND t.deleted_at IS NULL");
     }
     if let Some(company) = company {
-        q.push(" AND t.company_id = ").push_bind(company);
+        sql.push(" AND t.company_id = ").push_bind(company);
     }
     if let Some(stage) = stage {
-        q.push(" AND t.stage = ").push_bind(stage.to_owned());
+        sql.push(" AND t.stage = ").push_bind(stage.to_owned());
     }
     if let Some(after) = after {
-        q.push(" AND t.deal_id > ").push_bind(after);
+        sql.push(" AND t.deal_id > ").push_bind(after);
     }
-    q.push(" ORDER BY t.deal_id LIMIT ")
+    sql.push(" ORDER BY t.deal_id LIMIT ")
         .push_bind(i64::from(limit) + 1);
-    q.build_query_as()
+    sql.build_query_as()
         .fetch_all(tx.conn())
         .await
         .map_err(db_error)
 }
 
-pub async fn link(tx: &mut TenantTx, deal: Uuid, contact: Uuid) -> ApiResult<()> {
+pub(crate) async fn link(tx: &mut TenantTx, deal: DealId, contact: ContactId) -> ApiResult<()> {
     let tenant = tx.tenant_id();
     sqlx::query(
         "INSERT INTO deal_contacts (tenant_id, deal_id, contact_id) VALUES ($1, $2, $3) \
@@ -213,7 +230,7 @@ pub async fn link(tx: &mut TenantTx, deal: Uuid, contact: Uuid) -> ApiResult<()>
 }
 
 /// False when there was no such link (0 rows is never success).
-pub async fn unlink(tx: &mut TenantTx, deal: Uuid, contact: Uuid) -> ApiResult<bool> {
+pub(crate) async fn unlink(tx: &mut TenantTx, deal: DealId, contact: ContactId) -> ApiResult<bool> {
     let tenant = tx.tenant_id();
     let deleted = sqlx::query(
         "DELETE FROM deal_contacts WHERE tenant_id = $1 AND deal_id = $2 AND contact_id = $3",
@@ -229,30 +246,33 @@ pub async fn unlink(tx: &mut TenantTx, deal: Uuid, contact: Uuid) -> ApiResult<b
 }
 
 #[derive(Debug, sqlx::FromRow)]
-pub struct StageTotal {
-    pub stage: String,
-    pub currency_code: String,
-    pub deal_count: i64,
-    pub value_minor: i64,
+pub(crate) struct StageTotal {
+    pub(crate) stage: String,
+    pub(crate) currency_code: String,
+    pub(crate) deal_count: i64,
+    pub(crate) value_minor: i64,
 }
 
 /// Count and value of live deals per stage and currency. `sum(bigint)` is
 /// numeric; clamping before the cast keeps an absurd total from failing
 /// the whole summary.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn pipeline(tx: &mut TenantTx, company: Option<Uuid>) -> ApiResult<Vec<StageTotal>> {
+pub(crate) async fn pipeline(
+    tx: &mut TenantTx,
+    company: Option<CompanyId>,
+) -> ApiResult<Vec<StageTotal>> {
     let tenant = tx.tenant_id();
-    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(
         "SELECT stage, currency_code, count(*) AS deal_count, \
                 LEAST(sum(value_minor), 9223372036854775807)::bigint AS value_minor \
          FROM deals WHERE tenant_id = ",
     );
-    q.push_bind(tenant).push(" AND deleted_at IS NULL");
+    sql.push_bind(tenant).push(" AND deleted_at IS NULL");
     if let Some(company) = company {
-        q.push(" AND company_id = ").push_bind(company);
+        sql.push(" AND company_id = ").push_bind(company);
     }
-    q.push(" GROUP BY stage, currency_code ORDER BY stage, currency_code");
-    q.build_query_as()
+    sql.push(" GROUP BY stage, currency_code ORDER BY stage, currency_code");
+    sql.build_query_as()
         .fetch_all(tx.conn())
         .await
         .map_err(db_error)

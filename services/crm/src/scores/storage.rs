@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 use mosaic_api::{ApiResult, convert};
 use mosaic_db::{Constraint, TenantTx, db_error, db_error_with};
 use mosaic_proto::crm::Score;
-use uuid::Uuid;
 
 use super::NewScore;
+use crate::ids::CompanyId;
 
 const SELECT: &str =
     "t.company_id, t.fit, t.intent, t.composite, t.model_version, t.computed_at, t.updated_at";
@@ -19,18 +19,18 @@ const CONSTRAINTS: &[Constraint] = &[Constraint {
 }];
 
 #[derive(Debug, sqlx::FromRow)]
-pub struct ScoreRow {
-    pub company_id: Uuid,
-    pub fit: i16,
-    pub intent: i16,
-    pub composite: i16,
-    pub model_version: String,
-    pub computed_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+pub(crate) struct ScoreRow {
+    pub(crate) company_id: CompanyId,
+    pub(crate) fit: i16,
+    pub(crate) intent: i16,
+    pub(crate) composite: i16,
+    pub(crate) model_version: String,
+    pub(crate) computed_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
 }
 
 impl ScoreRow {
-    pub fn into_proto(self) -> Score {
+    pub(crate) fn into_proto(self) -> Score {
         Score {
             company_id: self.company_id.to_string(),
             fit: i32::from(self.fit),
@@ -43,11 +43,12 @@ impl ScoreRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct Written {
+/// A score an upsert wrote, and whether it created it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct Written {
     #[sqlx(flatten)]
-    row: ScoreRow,
-    created: bool,
+    pub(crate) row: ScoreRow,
+    pub(crate) created: bool,
 }
 
 /// Upserts the batch in one statement (distinct companies). The `WHERE` on
@@ -55,9 +56,9 @@ struct Written {
 /// neither created nor updated: stale. Rows go in company order so
 /// concurrent batches lock in the same order.
 #[tracing::instrument(level = "debug", skip_all, fields(rows = batch.len()))]
-pub async fn upsert(tx: &mut TenantTx, batch: &[NewScore]) -> ApiResult<Vec<(ScoreRow, bool)>> {
+pub(crate) async fn upsert(tx: &mut TenantTx, batch: &[NewScore]) -> ApiResult<Vec<Written>> {
     let mut sorted: Vec<&NewScore> = batch.iter().collect();
-    sorted.sort_by_key(|s| s.company_id);
+    sorted.sort_by_key(|score| score.company_id);
     let n = sorted.len();
     let (mut ids, mut fits, mut intents, mut composites, mut models, mut times) = (
         Vec::with_capacity(n),
@@ -67,16 +68,16 @@ pub async fn upsert(tx: &mut TenantTx, batch: &[NewScore]) -> ApiResult<Vec<(Sco
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for s in sorted {
-        ids.push(s.company_id);
-        fits.push(s.fit);
-        intents.push(s.intent);
-        composites.push(s.composite);
-        models.push(s.model_version.as_str());
-        times.push(s.computed_at);
+    for score in sorted {
+        ids.push(score.company_id);
+        fits.push(score.fit);
+        intents.push(score.intent);
+        composites.push(score.composite);
+        models.push(score.model_version.as_str());
+        times.push(score.computed_at);
     }
     let tenant = tx.tenant_id();
-    let rows: Vec<Written> = sqlx::query_as(&format!(
+    sqlx::query_as(&format!(
         "INSERT INTO scores AS t (tenant_id, company_id, fit, intent, composite, model_version, computed_at) \
          SELECT $1, u.* FROM UNNEST($2::uuid[], $3::smallint[], $4::smallint[], $5::smallint[], \
                                     $6::text[], $7::timestamptz[]) \
@@ -97,11 +98,10 @@ pub async fn upsert(tx: &mut TenantTx, batch: &[NewScore]) -> ApiResult<Vec<(Sco
     .bind(&times)
     .fetch_all(tx.conn())
     .await
-    .map_err(|e| db_error_with(e, CONSTRAINTS))?;
-    Ok(rows.into_iter().map(|w| (w.row, w.created)).collect())
+    .map_err(|e| db_error_with(e, CONSTRAINTS))
 }
 
-pub async fn get(tx: &mut TenantTx, company: Uuid) -> ApiResult<Option<ScoreRow>> {
+pub(crate) async fn get(tx: &mut TenantTx, company: CompanyId) -> ApiResult<Option<ScoreRow>> {
     let tenant = tx.tenant_id();
     sqlx::query_as(&format!(
         "SELECT {SELECT} FROM scores t WHERE t.tenant_id = $1 AND t.company_id = $2"

@@ -5,7 +5,8 @@ use mosaic_api::{ApiResult, convert};
 use mosaic_db::{Constraint, TenantTx, db_error, db_error_with};
 use mosaic_proto::crm::Signal;
 use sqlx::{Postgres, QueryBuilder};
-use uuid::Uuid;
+
+use crate::ids::{CompanyId, ContactId, SignalId};
 
 use super::NewSignal;
 
@@ -27,29 +28,35 @@ const CONSTRAINTS: &[Constraint] = &[
 ];
 
 #[derive(Debug, sqlx::FromRow)]
-pub struct SignalRow {
-    pub signal_id: Uuid,
-    pub provider: String,
-    pub event_id: String,
-    pub signal_type: String,
-    pub signal_hash: Option<String>,
-    pub company_id: Option<Uuid>,
-    pub contact_id: Option<Uuid>,
-    pub payload: serde_json::Value,
-    pub occurred_at: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
+pub(crate) struct SignalRow {
+    pub(crate) signal_id: SignalId,
+    pub(crate) provider: String,
+    pub(crate) event_id: String,
+    pub(crate) signal_type: String,
+    pub(crate) signal_hash: Option<String>,
+    pub(crate) company_id: Option<CompanyId>,
+    pub(crate) contact_id: Option<ContactId>,
+    pub(crate) payload: serde_json::Value,
+    pub(crate) occurred_at: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 impl SignalRow {
-    pub fn into_proto(self) -> Signal {
+    pub(crate) fn into_proto(self) -> Signal {
         Signal {
             signal_id: self.signal_id.to_string(),
             provider: self.provider,
             event_id: self.event_id,
             signal_type: self.signal_type,
             signal_hash: self.signal_hash.unwrap_or_default(),
-            company_id: self.company_id.map(|c| c.to_string()).unwrap_or_default(),
-            contact_id: self.contact_id.map(|c| c.to_string()).unwrap_or_default(),
+            company_id: self
+                .company_id
+                .map(|company| company.to_string())
+                .unwrap_or_default(),
+            contact_id: self
+                .contact_id
+                .map(|contact| contact.to_string())
+                .unwrap_or_default(),
             payload: Some(convert::json_to_struct(&self.payload)),
             occur_time: Some(convert::timestamp(self.occurred_at)),
             create_time: Some(convert::timestamp(self.created_at)),
@@ -63,7 +70,7 @@ impl SignalRow {
 /// repeat inside the batch itself; a concurrent insert of the same key waits
 /// for the other transaction and then counts as a duplicate.
 #[tracing::instrument(level = "debug", skip_all, fields(rows = batch.len()))]
-pub async fn insert_new(tx: &mut TenantTx, batch: &[NewSignal]) -> ApiResult<usize> {
+pub(crate) async fn insert_new(tx: &mut TenantTx, batch: &[NewSignal]) -> ApiResult<usize> {
     let n = batch.len();
     let mut ids = Vec::with_capacity(n);
     let mut providers = Vec::with_capacity(n);
@@ -74,16 +81,16 @@ pub async fn insert_new(tx: &mut TenantTx, batch: &[NewSignal]) -> ApiResult<usi
     let mut contacts = Vec::with_capacity(n);
     let mut payloads = Vec::with_capacity(n);
     let mut times = Vec::with_capacity(n);
-    for s in batch {
-        ids.push(Uuid::now_v7());
-        providers.push(s.provider.as_str());
-        events.push(s.event_id.as_str());
-        types.push(s.signal_type.as_str());
-        hashes.push(s.signal_hash.as_deref());
-        companies.push(s.company_id);
-        contacts.push(s.contact_id);
-        payloads.push(&s.payload);
-        times.push(s.occurred_at);
+    for signal in batch {
+        ids.push(SignalId::new());
+        providers.push(signal.provider.as_str());
+        events.push(signal.event_id.as_str());
+        types.push(signal.signal_type.as_str());
+        hashes.push(signal.signal_hash.as_deref());
+        companies.push(signal.company_id);
+        contacts.push(signal.contact_id);
+        payloads.push(&signal.payload);
+        times.push(signal.occurred_at);
     }
     let tenant = tx.tenant_id();
     let accepted: i64 = sqlx::query_scalar(
@@ -116,43 +123,44 @@ pub async fn insert_new(tx: &mut TenantTx, batch: &[NewSignal]) -> ApiResult<usi
 
 /// The checked filters of ListSignals.
 #[derive(Debug)]
-pub struct SignalFilter {
-    pub provider: Option<String>,
-    pub signal_type: Option<String>,
-    pub company_id: Option<Uuid>,
-    pub contact_id: Option<Uuid>,
+pub(crate) struct SignalFilter {
+    pub(crate) provider: Option<String>,
+    pub(crate) signal_type: Option<String>,
+    pub(crate) company_id: Option<CompanyId>,
+    pub(crate) contact_id: Option<ContactId>,
 }
 
 /// One page newest first (ids are UUIDv7: receipt order), `limit + 1` rows.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn list_page(
+pub(crate) async fn list_page(
     tx: &mut TenantTx,
-    f: &SignalFilter,
-    before: Option<Uuid>,
+    filter: &SignalFilter,
+    before: Option<SignalId>,
     limit: u32,
 ) -> ApiResult<Vec<SignalRow>> {
-    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!(
         "SELECT {SELECT} FROM signals t WHERE t.tenant_id = "
     ));
-    q.push_bind(tx.tenant_id());
-    if let Some(p) = &f.provider {
-        q.push(" AND t.provider = ").push_bind(p.clone());
+    sql.push_bind(tx.tenant_id());
+    if let Some(provider) = &filter.provider {
+        sql.push(" AND t.provider = ").push_bind(provider.clone());
     }
-    if let Some(s) = &f.signal_type {
-        q.push(" AND t.signal_type = ").push_bind(s.clone());
+    if let Some(signal_type) = &filter.signal_type {
+        sql.push(" AND t.signal_type = ")
+            .push_bind(signal_type.clone());
     }
-    if let Some(c) = f.company_id {
-        q.push(" AND t.company_id = ").push_bind(c);
+    if let Some(company) = filter.company_id {
+        sql.push(" AND t.company_id = ").push_bind(company);
     }
-    if let Some(c) = f.contact_id {
-        q.push(" AND t.contact_id = ").push_bind(c);
+    if let Some(contact) = filter.contact_id {
+        sql.push(" AND t.contact_id = ").push_bind(contact);
     }
     if let Some(before) = before {
-        q.push(" AND t.signal_id < ").push_bind(before);
+        sql.push(" AND t.signal_id < ").push_bind(before);
     }
-    q.push(" ORDER BY t.signal_id DESC LIMIT ")
+    sql.push(" ORDER BY t.signal_id DESC LIMIT ")
         .push_bind(i64::from(limit) + 1);
-    q.build_query_as()
+    sql.build_query_as()
         .fetch_all(tx.conn())
         .await
         .map_err(db_error)

@@ -1,66 +1,117 @@
-//! The life cycle companies, contacts and deals share: creates made
-//! idempotent by `request_id`, reads by id, soft delete and undelete, and the
-//! checks that turn "no row" into NOT_FOUND (never success) and a changed
-//! revision into ABORTED.
+//! The standard methods of a PostgreSQL resource, written once: creates made
+//! idempotent by `request_id` ([`create_once`]), reads by id, the one update
+//! idiom ([`Resource::update`]), soft delete and undelete with their audit
+//! events, and the checks that turn "no row" into NOT_FOUND (never success)
+//! and a changed revision into ABORTED. The rules themselves are
+//! `mosaic_api::rules`; this module applies them to rows.
 //!
 //! Every statement here names `tenant_id = $1` itself, so the planner uses the
 //! `(tenant_id, id)` primary key; RLS is the backstop, and another tenant's
 //! row simply does not exist.
+//!
+//! A resource's table has the columns of [`RowMeta`] (`revision`,
+//! `created_at`, `updated_at`, `deleted_at`; a table without soft delete
+//! selects `NULL::timestamptz AS deleted_at`).
 
 use std::collections::HashSet;
+use std::fmt::Display;
+use std::hash::Hash;
+use std::marker::PhantomData;
 
-use mosaic_api::{ApiError, ApiResult, etag};
-use mosaic_db::idempotency::{Claim, fingerprint};
-use mosaic_db::{Constraint, Database, TenantContext, TenantTx, db_error, db_error_with};
+use chrono::{DateTime, Utc};
+use mosaic_api::rules::{self, Kind};
+use mosaic_api::{ApiError, ApiResult, convert, etag};
+use mosaic_tenant::TenantContext;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
-/// How soft-deleted rows are described: eligible for purging this long after
-/// `deleted_at`, when [`crate::purge`] removes them.
-pub const RETENTION: chrono::Duration = chrono::Duration::days(30);
-
-/// A soft-deletable table and how its errors read.
-#[derive(Debug)]
-pub struct Resource {
-    pub table: &'static str,
-    pub id_column: &'static str,
-    /// Audit resource type and the noun in messages: `company`.
-    pub kind: &'static str,
-    /// Reason of NOT_FOUND: `COMPANY_NOT_FOUND`.
-    pub not_found: &'static str,
-    /// Reason of FAILED_PRECONDITION on writes to a deleted row: `COMPANY_DELETED`.
-    pub deleted: &'static str,
-    /// The select list, written against the alias `t`.
-    pub select: &'static str,
-    /// Unique constraints an undelete can hit.
-    pub constraints: &'static [Constraint],
-}
+use crate::error::{Constraint, db_error, db_error_with};
+use crate::idempotency::{Claim, fingerprint};
+use crate::pool::{Database, TenantTx};
 
 /// A row type any [`Resource`] select list decodes into.
 pub trait Row: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin {}
 impl<T: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin> Row for T {}
 
-impl Resource {
+/// A resource's id type: a `define_id!` newtype (or a bare `Uuid`).
+pub trait RowId:
+    Copy + Eq + Hash + Display + From<Uuid> + Into<Uuid> + Send + Sync + 'static
+{
+}
+impl<T: Copy + Eq + Hash + Display + From<Uuid> + Into<Uuid> + Send + Sync + 'static> RowId for T {}
+
+/// The columns every resource row ends with: its revision (the etag) and
+/// its times. Flatten it into a row type (`#[sqlx(flatten)] meta: RowMeta`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RowMeta {
+    pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl RowMeta {
+    /// The select list of these columns over the alias `t`.
+    pub const SELECT: &'static str = "t.revision, t.created_at, t.updated_at, t.deleted_at";
+
+    pub fn etag(&self) -> String {
+        etag::format(self.revision)
+    }
+
+    pub fn create_time(&self) -> Option<prost_types::Timestamp> {
+        Some(convert::timestamp(self.created_at))
+    }
+
+    pub fn update_time(&self) -> Option<prost_types::Timestamp> {
+        Some(convert::timestamp(self.updated_at))
+    }
+
+    pub fn delete_time(&self) -> Option<prost_types::Timestamp> {
+        convert::opt_timestamp(self.deleted_at)
+    }
+
+    /// `delete_time + RETENTION` while soft-deleted.
+    pub fn expire_time(&self) -> Option<prost_types::Timestamp> {
+        rules::expire_time(self.deleted_at)
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_at.is_some()
+    }
+}
+
+/// A row that carries its [`RowMeta`].
+pub trait HasMeta {
+    fn meta(&self) -> &RowMeta;
+}
+
+/// A soft-deletable table and how its errors read.
+#[derive(Debug)]
+pub struct Resource<Id> {
+    pub kind: Kind,
+    pub table: &'static str,
+    pub id_column: &'static str,
+    /// The select list, written against the alias `t`.
+    pub select: &'static str,
+    /// Unique constraints an insert, update or undelete can hit.
+    pub constraints: &'static [Constraint],
+    pub id: PhantomData<fn() -> Id>,
+}
+
+impl<Id: RowId> Resource<Id> {
     pub fn not_found(&self) -> ApiError {
-        ApiError::not_found(self.not_found, format!("{} not found", self.kind))
+        self.kind.not_found()
     }
 
     /// NOT_FOUND naming the request field that referred to the row.
     pub fn not_found_at(&self, field: &str) -> ApiError {
-        ApiError::not_found(self.not_found, format!("{field}: {} not found", self.kind))
+        self.kind.not_found_at(field)
     }
 
-    pub fn is_deleted(&self) -> ApiError {
-        ApiError::failed_precondition(
-            self.deleted,
-            format!("the {} is deleted; undelete it first", self.kind),
-        )
-    }
-
-    /// The row, also while soft-deleted; NOT_FOUND when absent (or another tenant's).
-    /// The row, read in one round trip outside any transaction of the
+    /// The row, also while soft-deleted; NOT_FOUND when absent (or another
+    /// tenant's). Read in one round trip outside any transaction of the
     /// caller's (Get methods: see `Database::read_by_ids`).
-    pub async fn read<R: Row>(&self, db: &Database, ctx: &TenantContext, id: Uuid) -> ApiResult<R> {
+    pub async fn read<R: Row>(&self, db: &Database, ctx: &TenantContext, id: Id) -> ApiResult<R> {
         let Resource {
             table,
             id_column,
@@ -70,7 +121,7 @@ impl Resource {
         let sql = format!(
             "SELECT {select} FROM {table} t WHERE t.tenant_id = $tenant AND t.{id_column} = $1"
         );
-        db.read_by_ids(ctx, &sql, &[id])
+        db.read_by_ids(ctx, &sql, &[id.into()])
             .await?
             .into_iter()
             .next()
@@ -78,11 +129,11 @@ impl Resource {
     }
 
     /// The row, locked until the transaction ends, for read-merge-write updates.
-    pub async fn get_for_update<R: Row>(&self, tx: &mut TenantTx, id: Uuid) -> ApiResult<R> {
+    pub async fn get_for_update<R: Row>(&self, tx: &mut TenantTx, id: Id) -> ApiResult<R> {
         self.fetch(tx, id, " FOR UPDATE").await
     }
 
-    async fn fetch<R: Row>(&self, tx: &mut TenantTx, id: Uuid, lock: &str) -> ApiResult<R> {
+    async fn fetch<R: Row>(&self, tx: &mut TenantTx, id: Id, lock: &str) -> ApiResult<R> {
         let Resource {
             table,
             id_column,
@@ -94,7 +145,7 @@ impl Resource {
             "SELECT {select} FROM {table} t WHERE t.tenant_id = $1 AND t.{id_column} = $2{lock}"
         ))
         .bind(tenant)
-        .bind(id)
+        .bind(id.into())
         .fetch_optional(tx.conn())
         .await
         .map_err(db_error)?
@@ -102,7 +153,7 @@ impl Resource {
     }
 
     /// NOT_FOUND (naming `field`) unless `id` is a live row of the tenant.
-    pub async fn require_live(&self, tx: &mut TenantTx, id: Uuid, field: &str) -> ApiResult<()> {
+    pub async fn require_live(&self, tx: &mut TenantTx, id: Id, field: &str) -> ApiResult<()> {
         if self.live_ids(tx, &[id]).await?.contains(&id) {
             Ok(())
         } else {
@@ -118,7 +169,7 @@ impl Resource {
     pub async fn require_live_shared(
         &self,
         tx: &mut TenantTx,
-        id: Uuid,
+        id: Id,
         field: &str,
     ) -> ApiResult<()> {
         let Resource {
@@ -130,7 +181,7 @@ impl Resource {
              WHERE tenant_id = $1 AND {id_column} = $2 AND deleted_at IS NULL FOR SHARE"
         ))
         .bind(tenant)
-        .bind(id)
+        .bind(id.into())
         .fetch_optional(tx.conn())
         .await
         .map_err(db_error)?;
@@ -138,7 +189,7 @@ impl Resource {
     }
 
     /// Which of `ids` are live rows of the tenant (one round trip).
-    pub async fn live_ids(&self, tx: &mut TenantTx, ids: &[Uuid]) -> ApiResult<HashSet<Uuid>> {
+    pub async fn live_ids(&self, tx: &mut TenantTx, ids: &[Id]) -> ApiResult<HashSet<Id>> {
         if ids.is_empty() {
             return Ok(HashSet::new());
         }
@@ -146,6 +197,7 @@ impl Resource {
             table, id_column, ..
         } = self;
         let tenant = tx.tenant_id();
+        let ids: Vec<Uuid> = ids.iter().map(|&id| id.into()).collect();
         let found: Vec<Uuid> = sqlx::query_scalar(&format!(
             "SELECT {id_column} FROM {table} \
              WHERE tenant_id = $1 AND {id_column} = ANY($2) AND deleted_at IS NULL"
@@ -155,7 +207,56 @@ impl Resource {
         .fetch_all(tx.conn())
         .await
         .map_err(db_error)?;
-        Ok(found.into_iter().collect())
+        Ok(found.into_iter().map(Id::from).collect())
+    }
+
+    /// The one update idiom, in a transaction of its own: lock the row, check
+    /// its etag and that it is live, let `write` store the new row computed
+    /// from the current one, record `<kind>.update` with `details` (usually
+    /// the mask's `{"fields": [...]}`), commit.
+    pub async fn update<R, F>(
+        &self,
+        db: &Database,
+        ctx: &TenantContext,
+        id: Id,
+        expected: Option<i64>,
+        details: serde_json::Value,
+        write: F,
+    ) -> ApiResult<R>
+    where
+        R: Row + HasMeta,
+        F: AsyncFnOnce(&mut TenantTx, R) -> ApiResult<R>,
+    {
+        let mut tx = db.begin(ctx).await?;
+        let row = self
+            .update_in(&mut tx, id, expected, details, write)
+            .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// [`Resource::update`] inside the caller's transaction, for updates that
+    /// must take another lock first (a member's tenant, to keep its last owner).
+    pub async fn update_in<R, F>(
+        &self,
+        tx: &mut TenantTx,
+        id: Id,
+        expected: Option<i64>,
+        details: serde_json::Value,
+        write: F,
+    ) -> ApiResult<R>
+    where
+        R: Row + HasMeta,
+        F: AsyncFnOnce(&mut TenantTx, R) -> ApiResult<R>,
+    {
+        let current: R = self.get_for_update(tx, id).await?;
+        let meta = current.meta();
+        self.kind
+            .check_writable(meta.revision, meta.is_deleted(), expected)?;
+        let row = write(tx, current).await?;
+        let action = format!("{}.update", self.kind.name);
+        tx.audit(&action, self.kind.name, id, details).await?;
+        Ok(row)
     }
 
     /// Soft delete (`deleted = true`) or undelete. Repeating either returns
@@ -164,7 +265,7 @@ impl Resource {
     pub async fn set_deleted<R: Row>(
         &self,
         tx: &mut TenantTx,
-        id: Uuid,
+        id: Id,
         expected: Option<i64>,
         deleted: bool,
     ) -> ApiResult<(R, bool)> {
@@ -172,6 +273,7 @@ impl Resource {
             table,
             id_column,
             select,
+            constraints,
             ..
         } = self;
         let tenant = tx.tenant_id();
@@ -180,14 +282,12 @@ impl Resource {
              WHERE tenant_id = $1 AND {id_column} = $2 FOR UPDATE"
         ))
         .bind(tenant)
-        .bind(id)
+        .bind(id.into())
         .fetch_optional(tx.conn())
         .await
         .map_err(db_error)?;
         let (revision, is_deleted) = state.ok_or_else(|| self.not_found())?;
-        if expected.is_some_and(|e| e != revision) {
-            return Err(etag::stale(self.kind));
-        }
+        self.kind.check_etag(revision, expected)?;
         if is_deleted == deleted {
             return Ok((self.fetch(tx, id, "").await?, false));
         }
@@ -197,18 +297,16 @@ impl Resource {
              WHERE t.tenant_id = $1 AND t.{id_column} = $2 RETURNING {select}"
         ))
         .bind(tenant)
-        .bind(id)
+        .bind(id.into())
         .bind(deleted)
         .fetch_optional(tx.conn())
         .await
         // Undelete can collide with a live row that took the unique value meanwhile.
-        .map_err(|e| db_error_with(e, self.constraints))?
+        .map_err(|e| db_error_with(e, constraints))?
         .ok_or_else(|| self.not_found())?;
         Ok((row, true))
     }
-}
 
-impl Resource {
     /// Soft delete (`deleted`) or undelete in a transaction of its own, with
     /// its audit event (`<kind>.delete` / `<kind>.undelete`) when it changed
     /// anything. Repeating either is a no-op that returns the row.
@@ -216,19 +314,16 @@ impl Resource {
         &self,
         db: &Database,
         ctx: &TenantContext,
-        id: Uuid,
+        id: Id,
         expected: Option<i64>,
         deleted: bool,
     ) -> ApiResult<R> {
         let mut tx = db.begin(ctx).await?;
         let (row, changed) = self.set_deleted(&mut tx, id, expected, deleted).await?;
         if changed {
-            let action = format!(
-                "{}.{}",
-                self.kind,
-                if deleted { "delete" } else { "undelete" }
-            );
-            tx.audit(&action, self.kind, id, serde_json::json!({}))
+            let verb = if deleted { "delete" } else { "undelete" };
+            let action = format!("{}.{verb}", self.kind.name);
+            tx.audit(&action, self.kind.name, id, serde_json::json!({}))
                 .await?;
         }
         tx.commit().await?;
@@ -236,26 +331,13 @@ impl Resource {
     }
 }
 
-/// Checks a locked row before an update: NOT_FOUND was handled by the read;
-/// here a deleted row is FAILED_PRECONDITION and a changed revision ABORTED.
-pub fn check_writable(
-    res: &Resource,
-    revision: i64,
-    deleted: bool,
-    expected: Option<i64>,
-) -> ApiResult<()> {
-    if expected.is_some_and(|e| e != revision) {
-        return Err(etag::stale(res.kind));
-    }
-    if deleted {
-        return Err(res.is_deleted());
-    }
-    Ok(())
-}
-
 /// Runs a create in one transaction, idempotent by `request_id` (AIP-155):
 /// a retry of the same request gets the first response back, and the effect,
 /// its audit event and the stored response commit together.
+///
+/// The claim is made in `ctx`'s tenant. `work` may move the transaction to
+/// another tenant (platform admins creating a tenant); the response is then
+/// stored back in the claim's tenant.
 pub async fn create_once<T, F>(
     db: &Database,
     ctx: &TenantContext,
@@ -269,6 +351,7 @@ where
     F: AsyncFnOnce(&mut TenantTx) -> ApiResult<T>,
 {
     let mut tx = db.begin(ctx).await?;
+    let claimed_in = tx.tenant_id();
     if let Some(rid) = request_id
         && let Claim::Replay(first) = tx
             .claim_request::<T>(method, rid, &fingerprint(request))
@@ -279,20 +362,11 @@ where
     }
     let out = work(&mut tx).await?;
     if let Some(rid) = request_id {
+        if tx.tenant_id() != claimed_in {
+            tx.switch_tenant(claimed_in).await?;
+        }
         tx.complete_request(method, rid, &out).await?;
     }
     tx.commit().await?;
     Ok(out)
-}
-
-/// Runs a field's parser only when the update mask names it.
-pub fn masked<T>(wanted: bool, parse: impl FnOnce() -> ApiResult<T>) -> ApiResult<Option<T>> {
-    if wanted { parse().map(Some) } else { Ok(None) }
-}
-
-/// `delete_time + RETENTION`, the `expire_time` of a soft-deleted resource.
-pub fn expire_time(
-    deleted_at: Option<chrono::DateTime<chrono::Utc>>,
-) -> Option<prost_types::Timestamp> {
-    deleted_at.map(|d| mosaic_api::convert::timestamp(d + RETENTION))
 }

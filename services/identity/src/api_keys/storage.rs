@@ -1,0 +1,142 @@
+//! SQL of API keys. Every statement names `tenant_id = $1` (RLS is the backstop).
+use chrono::{DateTime, Utc};
+use mosaic_api::{ApiResult, convert};
+use mosaic_core::TenantId;
+use mosaic_db::{TenantTx, db_error};
+use mosaic_proto::identity::ApiKey;
+use mosaic_tenant::Role;
+
+use super::Secret;
+use crate::ids::ApiKeyId;
+use crate::members::pb_role;
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ApiKeyRow {
+    pub(crate) tenant_id: TenantId,
+    pub(crate) api_key_id: ApiKeyId,
+    pub(crate) display_name: String,
+    pub(crate) role: String,
+    pub(crate) secret_prefix: String,
+    pub(crate) creator: String,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+    pub(crate) revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKeyRow {
+    pub(crate) fn into_proto(self) -> ApiKey {
+        ApiKey {
+            api_key_id: self.api_key_id.to_string(),
+            tenant_id: self.tenant_id.to_string(),
+            display_name: self.display_name,
+            role: pb_role(&self.role) as i32,
+            secret_prefix: self.secret_prefix,
+            create_time: Some(convert::timestamp(self.created_at)),
+            expire_time: convert::opt_timestamp(self.expires_at),
+            revoke_time: convert::opt_timestamp(self.revoked_at),
+            creator: self.creator,
+        }
+    }
+}
+
+const COLUMNS: &str = "tenant_id, api_key_id, display_name, role, secret_prefix, creator, created_at, expires_at, revoked_at";
+
+pub(crate) async fn insert(
+    tx: &mut TenantTx,
+    key_id: ApiKeyId,
+    display_name: &str,
+    role: Role,
+    secret: &Secret,
+    creator: &str,
+    expires_at: Option<DateTime<Utc>>,
+) -> ApiResult<ApiKeyRow> {
+    let tenant = tx.tenant_id();
+    sqlx::query_as(&format!(
+        "INSERT INTO api_keys (tenant_id, api_key_id, display_name, role, secret_hash, secret_prefix, creator, \
+         expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
+    ))
+    .bind(tenant)
+    .bind(key_id)
+    .bind(display_name)
+    .bind(role.as_str())
+    .bind(&secret.hash)
+    .bind(&secret.prefix)
+    .bind(creator)
+    .bind(expires_at)
+    .fetch_one(tx.conn())
+    .await
+    .map_err(db_error)
+}
+
+pub(crate) async fn get(tx: &mut TenantTx, key_id: ApiKeyId) -> ApiResult<Option<ApiKeyRow>> {
+    let tenant = tx.tenant_id();
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND api_key_id = $2"
+    ))
+    .bind(tenant)
+    .bind(key_id)
+    .fetch_optional(tx.conn())
+    .await
+    .map_err(db_error)
+}
+
+pub(crate) async fn list(
+    tx: &mut TenantTx,
+    after: Option<ApiKeyId>,
+    show_revoked: bool,
+    size: u32,
+) -> ApiResult<Vec<ApiKeyRow>> {
+    let tenant = tx.tenant_id();
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND ($2::uuid IS NULL OR api_key_id > $2) \
+         AND ($3 OR revoked_at IS NULL) ORDER BY api_key_id LIMIT $4"
+    ))
+    .bind(tenant)
+    .bind(after)
+    .bind(show_revoked)
+    .bind(i64::from(size) + 1)
+    .fetch_all(tx.conn())
+    .await
+    .map_err(db_error)
+}
+
+/// The key, newly revoked; `None` when it does not exist or was already revoked.
+pub(crate) async fn revoke(tx: &mut TenantTx, key_id: ApiKeyId) -> ApiResult<Option<ApiKeyRow>> {
+    let tenant = tx.tenant_id();
+    sqlx::query_as(&format!(
+        "UPDATE api_keys SET revoked_at = now() WHERE tenant_id = $1 AND api_key_id = $2 \
+         AND revoked_at IS NULL RETURNING {COLUMNS}"
+    ))
+    .bind(tenant)
+    .bind(key_id)
+    .fetch_optional(tx.conn())
+    .await
+    .map_err(db_error)
+}
+
+/// What the token exchange needs: hash, role, validity, and whether the tenant is live.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ExchangeRow {
+    pub(crate) secret_hash: Vec<u8>,
+    pub(crate) role: String,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+    pub(crate) revoked_at: Option<DateTime<Utc>>,
+    pub(crate) tenant_deleted: bool,
+}
+
+pub(crate) async fn for_exchange(
+    tx: &mut TenantTx,
+    key_id: ApiKeyId,
+) -> ApiResult<Option<ExchangeRow>> {
+    let tenant = tx.tenant_id();
+    sqlx::query_as(
+        "SELECT k.secret_hash, k.role, k.expires_at, k.revoked_at, t.deleted_at IS NOT NULL AS tenant_deleted \
+         FROM api_keys k JOIN tenants t ON t.tenant_id = k.tenant_id \
+         WHERE k.tenant_id = $1 AND k.api_key_id = $2",
+    )
+    .bind(tenant)
+    .bind(key_id)
+    .fetch_optional(tx.conn())
+    .await
+    .map_err(db_error)
+}

@@ -1,0 +1,197 @@
+//! [`ServiceModule`]: one Mosaic service, described once. The kit
+//! ([`crate::suite`]) builds every process from a list of them: each service's
+//! own binary from a list of one, the all-in-one `mosaic` binary (and the
+//! black-box tests) from the list of all. What a service says here is all
+//! the kit needs:
+//!
+//! - its name (`crm`): its schema and runtime role, its `MOSAIC_CRM_*`
+//!   settings, its metrics label, its binary `mosaic-crm`;
+//! - its PostgreSQL schema, if it has one: the kit then connects its pool
+//!   (lazily), registers the pool's metrics, probes it for health, and closes
+//!   it at shutdown;
+//! - the methods callable without a token;
+//! - [`ServiceModule::build`]: its gRPC services (added with
+//!   [`add_services!`](crate::add_services), which applies the message size
+//!   limits and records each service's name from its generated
+//!   `NamedService::NAME`) and any probes of its own;
+//! - [`ServiceModule::purger`]: what `mosaic purge` runs for each tenant.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use mosaic_api::ApiResult;
+use mosaic_core::{Env, Metrics, Probe, StartupError, TenantId};
+use mosaic_db::{Database, ServiceSchema};
+use mosaic_tenant::TokenSettings;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+
+use crate::shutdown::Shutdown;
+
+/// A boxed future, for the object-safe traits here.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One Mosaic service. Implement it on a unit struct in the service crate
+/// (`pub struct Crm;`) and list it in the suite (`services/mosaic/src/lib.rs`).
+pub trait ServiceModule: Send + Sync + 'static {
+    /// The service's name: `identity`, `crm`, ...
+    fn name(&self) -> &'static str;
+
+    /// Its PostgreSQL schema, runtime role and migrations, if it has any.
+    fn schema(&self) -> Option<ServiceSchema> {
+        None
+    }
+
+    /// Full method paths (or path prefixes) callable without a bearer token.
+    fn public_methods(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The running service: its gRPC services and extra probes. Called once
+    /// per process; nothing may block or connect here (connections are lazy,
+    /// so a process starts while its stores are down and reports NOT_SERVING).
+    fn build(&self, deps: &Deps) -> Result<Service, StartupError>;
+
+    /// What `mosaic purge` runs for each tenant, if the service keeps
+    /// anything that expires.
+    fn purger(&self, db: &Database) -> Option<Arc<dyn PurgeTenant>> {
+        let _ = db;
+        None
+    }
+}
+
+/// What the kit hands a service it builds.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    /// Every setting (the process environment, with flags and test settings
+    /// laid over it).
+    pub env: Env,
+    /// The service's pool, logged in as its runtime role, when it has a schema.
+    pub db: Option<Database>,
+    pub metrics: Metrics,
+    pub tokens: TokenSettings,
+    /// Fires when draining starts: long streams end on it.
+    pub stop: Shutdown,
+    /// The largest message a service decodes or encodes.
+    pub max_message_bytes: usize,
+}
+
+impl Deps {
+    /// The service's pool; an error for a service that declared no schema.
+    pub fn db(&self) -> Result<Database, StartupError> {
+        self.db.clone().ok_or_else(|| {
+            StartupError::refused("this service has no database schema but asked for its pool")
+        })
+    }
+}
+
+/// Adds one gRPC server to the process's router.
+pub(crate) type AddRoute = Box<dyn FnOnce(&mut RoutesBuilder) + Send>;
+
+/// A built service: its gRPC routes and the probes its health follows.
+pub struct Service {
+    routes: Vec<AddRoute>,
+    names: Vec<&'static str>,
+    probes: Vec<Arc<dyn Probe>>,
+    max_message_bytes: usize,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("names", &self.names)
+            .field(
+                "probes",
+                &self.probes.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    pub fn new(deps: &Deps) -> Self {
+        Self {
+            routes: Vec::new(),
+            names: Vec::new(),
+            probes: Vec::new(),
+            max_message_bytes: deps.max_message_bytes,
+        }
+    }
+
+    /// The limit [`add_services!`](crate::add_services) gives each server.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Adds a generated gRPC server; its name comes from `NamedService`.
+    /// Use [`add_services!`](crate::add_services), which sets the size limits first.
+    pub fn add<S>(&mut self, server: S) -> &mut Self
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes
+            .push(Box::new(move |routes: &mut RoutesBuilder| {
+                routes.add_service(server);
+            }));
+        self
+    }
+
+    /// A probe of the service's own (the kit already probes its database).
+    pub fn probe(&mut self, probe: Arc<dyn Probe>) -> &mut Self {
+        self.probes.push(probe);
+        self
+    }
+
+    /// The gRPC service names, in the order they were added.
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    pub(crate) fn into_parts(self) -> (Vec<AddRoute>, Vec<&'static str>, Vec<Arc<dyn Probe>>) {
+        (self.routes, self.names, self.probes)
+    }
+}
+
+/// Adds generated gRPC servers to a [`Service`], each with the message size
+/// limits (a larger request is answered OUT_OF_RANGE by tonic):
+///
+/// ```ignore
+/// let mut service = Service::new(deps);
+/// mosaic_server::add_services!(service,
+///     CompanyServiceServer::new(companies::Companies::new(db.clone())),
+///     ContactServiceServer::new(contacts::Contacts::new(db.clone())),
+/// );
+/// ```
+#[macro_export]
+macro_rules! add_services {
+    ($service:expr, $($server:expr),+ $(,)?) => {{
+        let max = $service.max_message_bytes();
+        $($service.add(
+            $server
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );)+
+    }};
+}
+
+/// What a service removes for one tenant in `mosaic purge`.
+pub trait PurgeTenant: Send + Sync + 'static {
+    /// Removes what expired by `now`; returns `(what, how many)`, e.g.
+    /// `("contacts", 3)`.
+    fn purge_tenant(
+        &self,
+        tenant: TenantId,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'_, ApiResult<Vec<(&'static str, u64)>>>;
+}

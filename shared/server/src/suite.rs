@@ -1,0 +1,218 @@
+//! The one wiring path: a process serving a list of [`ServiceModule`]s.
+//! Each service's own binary runs [`run`] with a list of one; the all-in-one
+//! `mosaic` binary and the black-box tests run it with every service. So what
+//! production runs is what the tests run: the same settings read by the same
+//! code, the same pools, probes, layers and shutdown.
+//!
+//! - [`run`]: serve on a bound listener until a shutdown future fires, then
+//!   drain and close every pool.
+//! - [`serve_until_signal`]: what a binary's `serve` does: logging, bind,
+//!   [`run`] until SIGTERM or Ctrl-C.
+//! - [`migrate`]: bootstrap the roles and schemas of the listed services and
+//!   apply their migrations (`mosaic migrate`).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use mosaic_cache::{RateLimitConfig, RateLimiter};
+use mosaic_core::{Context as _, Env, Metrics, Probe, StartupError};
+use mosaic_db::bootstrap::RuntimeLogin;
+use mosaic_db::{Database, DbConfig, ServiceSchema};
+use mosaic_tenant::{TokenSettings, TokenVerifier};
+use sqlx::postgres::PgConnectOptions;
+use tokio::net::TcpListener;
+use tonic::service::RoutesBuilder;
+
+use crate::config::ServerConfig;
+use crate::health::{Health, HealthGroup};
+use crate::module::{Deps, ServiceModule};
+use crate::serve::{ServeOptions, serve};
+use crate::shutdown::{Shutdown, sigterm_or_ctrl_c};
+use crate::telemetry::init_logging;
+
+/// The pool of `module`, logged in as its runtime role, when it has a schema.
+/// Lazy: nothing is connected yet.
+pub fn connect(module: &dyn ServiceModule, env: &Env) -> Result<Option<Database>, StartupError> {
+    let Some(schema) = module.schema() else {
+        return Ok(None);
+    };
+    let config = DbConfig::from_env(env, schema.name)?;
+    Database::connect_lazy(&config, &format!("mosaic-{}", module.name()))
+        .context(format_args!(
+            "the {} database url {}",
+            module.name(),
+            config.url
+        ))
+        .map(Some)
+}
+
+/// Serves `modules` on `listener` until `shutdown` completes, then drains
+/// (see [`serve`]) and closes every pool. `stop` fires when draining starts.
+pub async fn run(
+    modules: &[&'static dyn ServiceModule],
+    env: &Env,
+    listener: TcpListener,
+    stop: Shutdown,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartupError> {
+    let config = ServerConfig::from_env(env)?;
+    let tokens = TokenSettings::from_env(env)?;
+    let verifier = TokenVerifier::new(tokens.verify.clone()).map_err(|e| {
+        mosaic_core::ConfigError::invalid_secret(mosaic_tenant::token::PUBLIC_KEY, e)
+    })?;
+    let rate_limiter = RateLimiter::new(RateLimitConfig::from_env(env)?)?;
+    let metrics = Metrics::new();
+
+    let mut routes = RoutesBuilder::default();
+    let mut groups = Vec::new();
+    let mut public = Vec::new();
+    let mut pools = Vec::new();
+    for module in modules {
+        let db = connect(*module, env)?;
+        let mut probes: Vec<Arc<dyn Probe>> = Vec::new();
+        if let Some(db) = &db {
+            db.register_metrics(&metrics, module.name())
+                .context(format_args!(
+                    "registering the {} pool metrics",
+                    module.name()
+                ))?;
+            probes.push(Arc::new(db.clone()));
+            pools.push(db.clone());
+        }
+        let deps = Deps {
+            env: env.clone(),
+            db,
+            metrics: metrics.clone(),
+            tokens: tokens.clone(),
+            stop: stop.clone(),
+            max_message_bytes: config.max_message_bytes,
+        };
+        let service = module.build(&deps)?;
+        let (adders, names, own_probes) = service.into_parts();
+        for add in adders {
+            add(&mut routes);
+        }
+        probes.extend(own_probes);
+        groups.push(HealthGroup::new(&names, probes));
+        public.extend(module.public_methods().iter().map(|m| (*m).to_owned()));
+    }
+
+    let opts = ServeOptions {
+        public_methods: public,
+        health: Health::new(groups),
+        stop,
+        rate_limiter,
+        ..ServeOptions::new(config, verifier, metrics)
+    };
+    let result = serve(listener, routes.routes(), opts, shutdown).await;
+    for pool in pools {
+        pool.close().await;
+    }
+    result
+}
+
+/// What a binary's `serve` does: logging as configured, bind the gRPC
+/// address, [`run`] until SIGTERM (Kubernetes sends it) or Ctrl-C.
+pub async fn serve_until_signal(
+    modules: &[&'static dyn ServiceModule],
+    env: &Env,
+) -> Result<(), StartupError> {
+    let config = ServerConfig::from_env(env)?;
+    init_logging(&config.log_filter, config.log_json)?;
+    let listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .context(format_args!("binding {}", config.grpc_addr))?;
+    run(modules, env, listener, Shutdown::new(), sigterm_or_ctrl_c()).await
+}
+
+/// `MOSAIC_ADMIN_DATABASE_URL`: a login that may create roles and databases.
+pub const ADMIN_DATABASE_URL: &str = "MOSAIC_ADMIN_DATABASE_URL";
+const DEFAULT_ADMIN_URL: &str = "postgres://mosaic_admin:mosaic-local@127.0.0.1:5432/postgres";
+
+/// Creates the roles, database and schemas of `modules` (idempotent), then
+/// applies every pending migration; returns `(schema, version)` of each
+/// migration applied now. Each runtime role's name and password come from
+/// its service's own database URL, so the two always agree.
+pub async fn migrate(
+    modules: &[&'static dyn ServiceModule],
+    env: &Env,
+) -> Result<Vec<(String, i64)>, StartupError> {
+    let admin = env.url(ADMIN_DATABASE_URL, DEFAULT_ADMIN_URL)?;
+    let mut database = None;
+    let mut logins = Vec::new();
+    let mut schemas: Vec<ServiceSchema> = Vec::new();
+    for module in modules {
+        let Some(schema) = module.schema() else {
+            continue;
+        };
+        let config = DbConfig::from_env(env, schema.name)?;
+        let opts: PgConnectOptions = config.url.expose().parse().context(format_args!(
+            "the {} database url {}",
+            schema.name, config.url
+        ))?;
+        if opts.get_username() != schema.role {
+            return Err(StartupError::refused(format_args!(
+                "the {} database url logs in as {:?}, expected {:?}",
+                schema.name,
+                opts.get_username(),
+                schema.role
+            )));
+        }
+        let name = opts.get_database().unwrap_or("mosaic").to_owned();
+        if database.get_or_insert_with(|| name.clone()) != &name {
+            return Err(StartupError::refused(
+                "all services must share one database",
+            ));
+        }
+        logins.push(RuntimeLogin {
+            schema,
+            password: password_of(config.url.expose()),
+        });
+        schemas.push(schema);
+    }
+    let database = database.unwrap_or_else(|| "mosaic".to_owned());
+    let mut conn = mosaic_db::bootstrap::bootstrap(admin.expose(), &database, &logins)
+        .await
+        .context(format_args!("bootstrapping roles and schemas as {admin}"))?;
+    mosaic_db::migrate::migrate(&mut conn, &schemas)
+        .await
+        .context("migrating")
+}
+
+/// The percent-decoded password of a `postgres://user:password@...` URL.
+fn password_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.split_once('@')?.0;
+    let raw = userinfo.split_once(':')?.1;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => {
+                let h = std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())?;
+                out.push(h);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_from_urls() {
+        assert_eq!(
+            super::password_of("postgres://u:p%40ss@h/db").as_deref(),
+            Some("p@ss")
+        );
+        assert_eq!(super::password_of("postgres://u@h/db"), None);
+    }
+}
