@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, contract and manifest checks, then the whole
+# The test command: formatting, lints, unused dependencies, contract and manifest checks, then the whole
 # workspace's tests against real PostgreSQL, Redis and SecantusDB on loopback
 # (started, and installed if missing, by deploy/local/setup.sh).
 #
@@ -42,6 +42,11 @@ if [ "$lint" = 1 ]; then
   bash deploy/k8s/validate.sh
   step "cargo clippy"
   cargo clippy --workspace --all-targets --locked -- -D warnings
+  step "unused dependencies (cargo-machete)"
+  if ! command -v cargo-machete >/dev/null 2>&1; then
+    cargo install --locked --quiet cargo-machete@0.9.2
+  fi
+  cargo machete
 fi
 
 # Arguments before a `--` go to cargo, those after it to the test binaries.

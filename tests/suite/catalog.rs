@@ -9,19 +9,36 @@ use crate::harness::app;
 
 /// Global tables, each with its own policy (see its migration).
 const GLOBAL_TABLES: &[&str] = &["identity.users"];
-const SCHEMAS: &[&str] = &["identity", "crm"];
-const RUNTIME_ROLES: &[(&str, &str)] = &[("mosaic_identity", "identity"), ("mosaic_crm", "crm")];
+
+/// Every service schema of the suite (from `mosaic::SERVICES`).
+fn schemas() -> Vec<&'static str> {
+    mosaic::SERVICES
+        .iter()
+        .filter_map(|service| service.schema())
+        .map(|schema| schema.name)
+        .collect()
+}
+
+/// `(runtime role, its schema)` of every service.
+fn runtime_roles() -> Vec<(&'static str, &'static str)> {
+    mosaic::SERVICES
+        .iter()
+        .filter_map(|service| service.schema())
+        .map(|schema| (schema.role, schema.name))
+        .collect()
+}
 
 #[tokio::test]
 async fn every_table_is_fenced_by_tenant() {
     app();
+    let schemas = schemas();
     let mut db = app().admin_db().await;
     let tables = sqlx::query(
         "SELECT n.nspname || '.' || c.relname AS name, c.relrowsecurity, c.relforcerowsecurity, c.oid::int8 AS oid \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY($1)",
     )
-    .bind(SCHEMAS)
+    .bind(&schemas)
     .fetch_all(&mut db)
     .await
     .unwrap();
@@ -86,7 +103,7 @@ async fn every_table_is_fenced_by_tenant() {
         "SELECT n.nspname || '.' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
          WHERE p.prosecdef AND n.nspname = ANY($1)",
     )
-    .bind(SCHEMAS)
+    .bind(&schemas)
     .fetch_all(&mut db)
     .await
     .unwrap();
@@ -101,7 +118,7 @@ async fn every_table_is_fenced_by_tenant() {
          WHERE c.relkind IN ('v', 'm') AND n.nspname = ANY($1) \
            AND NOT coalesce(c.reloptions @> ARRAY['security_invoker=true'], false)",
     )
-    .bind(SCHEMAS)
+    .bind(&schemas)
     .fetch_all(&mut db)
     .await
     .unwrap();
@@ -120,8 +137,9 @@ async fn every_table_is_fenced_by_tenant() {
 #[tokio::test]
 async fn runtime_roles_are_powerless_outside_their_schema() {
     app();
+    let schemas = schemas();
     let mut db = app().admin_db().await;
-    for (role, schema) in RUNTIME_ROLES {
+    for (role, schema) in runtime_roles() {
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
                 .bind(role)
@@ -151,7 +169,7 @@ async fn runtime_roles_are_powerless_outside_their_schema() {
         .await
         .unwrap();
         assert_eq!(owned, 0, "{role} owns objects");
-        for other in SCHEMAS.iter().filter(|s| *s != schema) {
+        for other in schemas.iter().filter(|other| **other != schema) {
             let usage: bool = sqlx::query_scalar("SELECT has_schema_privilege($1, $2, 'USAGE')")
                 .bind(role)
                 .bind(other)

@@ -20,40 +20,40 @@ use uuid::Uuid;
 use crate::harness::{app, authed};
 
 /// A channel to crm on the calling test's runtime.
-pub fn channel() -> Channel {
+pub(crate) fn channel() -> Channel {
     app().channel()
 }
 
-pub fn companies() -> CompanyServiceClient<Channel> {
+pub(crate) fn companies() -> CompanyServiceClient<Channel> {
     CompanyServiceClient::new(channel())
 }
-pub fn contacts() -> ContactServiceClient<Channel> {
+pub(crate) fn contacts() -> ContactServiceClient<Channel> {
     ContactServiceClient::new(channel())
 }
-pub fn deals() -> DealServiceClient<Channel> {
+pub(crate) fn deals() -> DealServiceClient<Channel> {
     DealServiceClient::new(channel())
 }
-pub fn activities() -> ActivityServiceClient<Channel> {
+pub(crate) fn activities() -> ActivityServiceClient<Channel> {
     ActivityServiceClient::new(channel())
 }
-pub fn signals() -> SignalServiceClient<Channel> {
+pub(crate) fn signals() -> SignalServiceClient<Channel> {
     SignalServiceClient::new(channel())
 }
-pub fn scores() -> ScoreServiceClient<Channel> {
+pub(crate) fn scores() -> ScoreServiceClient<Channel> {
     ScoreServiceClient::new(channel())
 }
-pub fn audit() -> CrmAuditServiceClient<Channel> {
+pub(crate) fn audit() -> CrmAuditServiceClient<Channel> {
     CrmAuditServiceClient::new(channel())
 }
 
 /// A fresh tenant: a new id nobody has written under.
 #[derive(Debug, Clone, Copy)]
-pub struct CrmTenant {
-    pub id: TenantId,
+pub(crate) struct CrmTenant {
+    pub(crate) id: TenantId,
 }
 
 impl CrmTenant {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         app();
         Self {
             id: TenantId::new(),
@@ -61,21 +61,21 @@ impl CrmTenant {
     }
 
     /// A token of this tenant with `role` and a fresh principal.
-    pub fn token(&self, role: &str) -> String {
+    pub(crate) fn token(&self, role: &str) -> String {
         app().token(Some(self.id), &format!("user:{}", Uuid::now_v7()), &[role])
     }
 
     /// `msg` as an admin of this tenant (admins may call every crm method).
-    pub fn req<T>(&self, msg: T) -> Request<T> {
+    pub(crate) fn req<T>(&self, msg: T) -> Request<T> {
         authed(msg, &self.token("admin"))
     }
 
     /// `msg` as `role`.
-    pub fn as_role<T>(&self, role: &str, msg: T) -> Request<T> {
+    pub(crate) fn as_role<T>(&self, role: &str, msg: T) -> Request<T> {
         authed(msg, &self.token(role))
     }
 
-    pub async fn company(&self, name: &str) -> Company {
+    pub(crate) async fn company(&self, name: &str) -> Company {
         companies()
             .create_company(self.req(CreateCompanyRequest {
                 company: Some(Company {
@@ -89,7 +89,7 @@ impl CrmTenant {
             .into_inner()
     }
 
-    pub async fn contact(&self, email: &str) -> Contact {
+    pub(crate) async fn contact(&self, email: &str) -> Contact {
         contacts()
             .create_contact(self.req(CreateContactRequest {
                 contact: Some(Contact {
@@ -104,7 +104,7 @@ impl CrmTenant {
     }
 
     /// Rows of `table` in this tenant, counted behind the API (superuser).
-    pub async fn count(&self, table: &str) -> i64 {
+    pub(crate) async fn count(&self, table: &str) -> i64 {
         let mut db = app().admin_db().await;
         sqlx::query_scalar(&format!(
             "SELECT count(*) FROM crm.{table} WHERE tenant_id = $1"
@@ -118,7 +118,7 @@ impl CrmTenant {
 
 impl CrmTenant {
     /// Audit events of this tenant by action, counted behind the API.
-    pub async fn audit_counts(&self) -> Vec<(String, i64)> {
+    pub(crate) async fn audit_counts(&self) -> Vec<(String, i64)> {
         let mut db = app().admin_db().await;
         sqlx::query_as(
             "SELECT action, count(*) FROM crm.audit_events WHERE tenant_id = $1 \
@@ -131,7 +131,7 @@ impl CrmTenant {
     }
 
     /// The resource ids of this tenant's audit events with `action`, oldest first.
-    pub async fn audited(&self, action: &str) -> Vec<String> {
+    pub(crate) async fn audited(&self, action: &str) -> Vec<String> {
         let mut db = app().admin_db().await;
         sqlx::query_scalar(
             "SELECT resource_id FROM crm.audit_events WHERE tenant_id = $1 AND action = $2 \
@@ -146,7 +146,7 @@ impl CrmTenant {
 }
 
 /// A connection as the crm runtime role (RLS applies).
-pub async fn crm_role_db() -> PgConnection {
+pub(crate) async fn crm_role_db() -> PgConnection {
     let url = app().db_config("crm").url;
     PgConnection::connect(url.expose())
         .await
@@ -154,6 +154,6 @@ pub async fn crm_role_db() -> PgConnection {
 }
 
 /// A unique email.
-pub fn email(tag: &str) -> String {
+pub(crate) fn email(tag: &str) -> String {
     format!("{tag}-{}@example.com", Uuid::new_v4().simple())
 }

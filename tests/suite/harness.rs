@@ -28,12 +28,12 @@ use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-pub struct App {
-    pub addr: SocketAddr,
-    pub auth: AuthConfig,
+pub(crate) struct App {
+    pub(crate) addr: SocketAddr,
+    pub(crate) auth: AuthConfig,
     signer: TokenSigner,
     /// The settings the suite runs with.
-    pub env: Env,
+    pub(crate) env: Env,
 }
 
 static APP: OnceLock<App> = OnceLock::new();
@@ -41,7 +41,7 @@ static APP: OnceLock<App> = OnceLock::new();
 /// The test settings: the process environment (the local defaults), with a
 /// token key made for this run, no rate limits, no metrics port, quick
 /// probes and drains.
-pub fn env() -> Env {
+pub(crate) fn env() -> Env {
     let secret: String = (0..4)
         .map(|_| Uuid::new_v4().simple().to_string())
         .collect();
@@ -57,7 +57,7 @@ pub fn env() -> Env {
 }
 
 /// Bootstraps and migrates the test database (idempotent; safe in parallel).
-pub async fn migrate(env: &Env) {
+pub(crate) async fn migrate(env: &Env) {
     mosaic::migrate(env).await.expect("migrate");
 }
 
@@ -70,7 +70,7 @@ fn test_logging() {
     }
 }
 
-pub fn app() -> &'static App {
+pub(crate) fn app() -> &'static App {
     APP.get_or_init(|| {
         test_logging();
         let env = env();
@@ -116,13 +116,13 @@ pub fn app() -> &'static App {
 
 impl App {
     /// A channel on the calling test's runtime.
-    pub fn channel(&self) -> Channel {
+    pub(crate) fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
             .expect("uri")
             .connect_lazy()
     }
 
-    pub fn token(&self, tenant: Option<TenantId>, sub: &str, roles: &[&str]) -> String {
+    pub(crate) fn token(&self, tenant: Option<TenantId>, sub: &str, roles: &[&str]) -> String {
         let claims = Claims::new(
             &self.auth,
             sub.to_owned(),
@@ -133,12 +133,12 @@ impl App {
         self.signer.sign(&claims).expect("sign")
     }
 
-    pub fn platform_token(&self) -> String {
+    pub(crate) fn platform_token(&self) -> String {
         self.token(None, "platform:tests", &["platform_admin"])
     }
 
     /// A new tenant with a fresh owner; returns it with an owner token.
-    pub async fn new_tenant(&self) -> TestTenant {
+    pub(crate) async fn new_tenant(&self) -> TestTenant {
         let email = format!("owner-{}@example.com", Uuid::new_v4().simple());
         let tenant = TenantServiceClient::new(self.channel())
             .create_tenant(authed(
@@ -175,7 +175,7 @@ impl App {
     }
 
     /// A superuser connection to the test database, for looking behind the API.
-    pub async fn admin_db(&self) -> PgConnection {
+    pub(crate) async fn admin_db(&self) -> PgConnection {
         let admin = self
             .env
             .url(
@@ -190,12 +190,12 @@ impl App {
     }
 
     /// A service's database settings, as the suite reads them.
-    pub fn db_config(&self, service: &str) -> DbConfig {
+    pub(crate) fn db_config(&self, service: &str) -> DbConfig {
         DbConfig::from_env(&self.env, service).expect("db config")
     }
 
     /// A connection as the identity runtime role.
-    pub async fn identity_role_db(&self) -> PgConnection {
+    pub(crate) async fn identity_role_db(&self) -> PgConnection {
         let url = self.db_config("identity").url;
         PgConnection::connect(url.expose())
             .await
@@ -203,22 +203,22 @@ impl App {
     }
 }
 
-pub struct TestTenant {
-    pub id: TenantId,
-    pub owner: Uuid,
-    pub owner_token: String,
-    pub tenant: Tenant,
+pub(crate) struct TestTenant {
+    pub(crate) id: TenantId,
+    pub(crate) owner: Uuid,
+    pub(crate) owner_token: String,
+    pub(crate) tenant: Tenant,
 }
 
 impl TestTenant {
     /// A token for this tenant with the given role and a fresh principal.
-    pub fn token(&self, role: &str) -> String {
+    pub(crate) fn token(&self, role: &str) -> String {
         app().token(Some(self.id), &format!("user:{}", Uuid::now_v7()), &[role])
     }
 }
 
 /// A request carrying `authorization: Bearer <token>`.
-pub fn authed<T>(msg: T, token: &str) -> Request<T> {
+pub(crate) fn authed<T>(msg: T, token: &str) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut().insert(
         "authorization",
@@ -229,7 +229,7 @@ pub fn authed<T>(msg: T, token: &str) -> Request<T> {
 
 /// Asserts the code and `ErrorInfo.reason` of a failed call.
 #[track_caller]
-pub fn assert_error(status: &Status, code: Code, reason: &str) {
+pub(crate) fn assert_error(status: &Status, code: Code, reason: &str) {
     assert_eq!(status.code(), code, "unexpected status: {status:?}");
     let info = status.get_error_details();
     let got = info
@@ -241,7 +241,7 @@ pub fn assert_error(status: &Status, code: Code, reason: &str) {
 }
 
 /// The fields named by `google.rpc.BadRequest`.
-pub fn bad_fields(status: &Status) -> Vec<String> {
+pub(crate) fn bad_fields(status: &Status) -> Vec<String> {
     status
         .get_error_details()
         .bad_request()
@@ -251,7 +251,7 @@ pub fn bad_fields(status: &Status) -> Vec<String> {
 
 /// Asserts INVALID_ARGUMENT naming exactly `field` among its violations.
 #[track_caller]
-pub fn assert_bad_field(status: &Status, field: &str) {
+pub(crate) fn assert_bad_field(status: &Status, field: &str) {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let fields = bad_fields(status);
     assert!(

@@ -183,7 +183,7 @@ impl ActivityService for Activities {
         ctx.require(Role::Viewer)?;
         let request = req.get_ref();
         let time = |t: Option<prost_types::Timestamp>| {
-            t.map(|t| format!("{}.{}", t.seconds, t.nanos))
+            t.map(|at| format!("{}.{}", at.seconds, at.nanos))
                 .unwrap_or_default()
         };
         let binding = PageBinding::new("ListActivities")

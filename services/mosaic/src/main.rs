@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use mosaic_core::{Env, StartupError, TenantId};
+use mosaic_core::{ConfigError, Env, StartupError, TenantId};
 use mosaic_server::cli::block_on;
 use mosaic_server::suite::ADMIN_DATABASE_URL;
 use mosaic_server::{ServeArgs, ServerConfig, init_logging, report};
@@ -112,7 +112,13 @@ fn token(
     mut roles: Vec<String>,
     ttl: u64,
 ) -> Result<(), StartupError> {
-    let settings = TokenSettings::from_env(env)?;
+    let settings = TokenSettings::from_env(env).map_err(|e| match e {
+        ConfigError::Missing { .. } => ConfigError::missing(
+            mosaic_tenant::token::HS256_SECRET,
+            "`mosaic token` signs with it (see .data/mosaic.env), or with MOSAIC_JWT_PRIVATE_KEY",
+        ),
+        other => other,
+    })?;
     let signer = settings.signer()?;
     if roles.is_empty() {
         let role = if tenant.is_some() {

@@ -125,10 +125,11 @@ macro_rules! patch {
 
         impl $patch {
             /// The update mask paths: every writable field.
-            pub const PATHS: &'static [&'static str] = &[$(stringify!($field)),+];
+            $vis const PATHS: &'static [&'static str] = &[$(stringify!($field)),+];
 
             /// `to` with every named field replaced.
-            pub fn apply(self, mut to: $fields) -> $fields {
+            #[allow(dead_code)]
+            $vis fn apply(self, mut to: $fields) -> $fields {
                 $(if let ::std::option::Option::Some(value) = self.$field {
                     to.$field = value;
                 })+
@@ -136,7 +137,8 @@ macro_rules! patch {
             }
 
             /// The fields of a create, where every field was named.
-            pub fn into_new(self) -> $crate::ApiResult<$fields> {
+            #[allow(dead_code)]
+            $vis fn into_new(self) -> $crate::ApiResult<$fields> {
                 ::std::result::Result::Ok($fields {
                     $($field: self.$field.ok_or_else(|| {
                         $crate::ApiError::internal(concat!(

@@ -1,4 +1,5 @@
-//! Redis for Mosaic: an accelerator, never a source of truth (SPEC §3 rule 7).
+//! Redis for Mosaic: an accelerator, never a source of truth: when Redis is
+//! down, calls go on without it.
 //!
 //! - [`config`]: [`RateLimitConfig`], read from the environment.
 //! - [`limiter`]: [`RateLimiter`], a per-tenant GCRA checked by one atomic Lua

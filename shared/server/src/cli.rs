@@ -10,7 +10,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use mosaic_core::{Env, StartupError};
 
 use crate::config::{GRPC_ADDR, LOG, LOG_FORMAT, METRICS_ADDR};
@@ -51,7 +51,7 @@ impl ServeArgs {
     }
 }
 
-/// `mosaic-<service>`: serve one service until SIGTERM.
+/// A service's own binary (its name and summary are set per service).
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -65,7 +65,17 @@ struct ServiceCli {
 /// The `main` of a service's own binary: parse the flags (`--help` lists
 /// them), serve `module` until SIGTERM, report.
 pub fn service_main(module: &'static dyn ServiceModule) -> ExitCode {
-    let cli = ServiceCli::parse_from(std::env::args_os());
+    let command = ServiceCli::command()
+        .name(format!("mosaic-{}", module.name()))
+        .about(format!(
+            "The Mosaic {} service alone: serve it until SIGTERM or Ctrl-C",
+            module.name()
+        ))
+        .long_about(None);
+    let cli = match ServiceCli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let env = cli.serve.apply(Env::process());
     report(block_on(suite::serve_until_signal(&[module], &env)))
 }

@@ -4,7 +4,7 @@
 //! never works longer than the original caller waits.
 //!
 //! ```text
-//! let client = CrmServiceClient::with_interceptor(channel.clone(), ctx.propagate());
+//! let mut companies = CompanyServiceClient::with_interceptor(channel.clone(), ctx.propagate());
 //! ```
 
 use std::time::{Duration, Instant};

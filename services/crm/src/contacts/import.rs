@@ -135,9 +135,9 @@ impl Report {
     }
 }
 
-/// The batch being written while the next one is read and validated: at
-/// most one, so batches still commit one after another, in stream order.
-/// The batch being written by its own task. If the call is dropped (the
+/// The batch being written, by a task of its own, while the next one is read
+/// and validated: at most one, so batches still commit one after another, in
+/// stream order. If the call is dropped (the
 /// client went away or its deadline passed) the task is aborted, so no batch
 /// starts committing after the caller stopped waiting; a batch is one
 /// transaction, so it lands whole or not at all either way.
