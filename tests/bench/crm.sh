@@ -67,9 +67,9 @@ done
 "$TOOL" migrate >"$BENCH_TMP/migrate.log" 2>&1 || { cat "$BENCH_TMP/migrate.log" >&2; bench_die "crm migrations failed"; }
 bench_say "crm schema migrated ($(cat "$BENCH_TMP/migrate.log"))"
 
-# The service alone: lib.sh starts "$BENCH_BIN serve" (mosaic-crm takes no arguments).
+# The service alone: mosaic-crm serves without a subcommand.
 BENCH_BIN=$CRM_BIN
-bench_start_suite
+BENCH_SERVE_COMMAND='' bench_start_suite
 
 new_uuid() { cat /proc/sys/kernel/random/uuid; }
 # crm keeps no tenant rows: a token carrying a fresh tenant id is a fresh, empty tenant.

@@ -172,7 +172,7 @@ bench_health() {
 }
 
 # bench_start_suite: `mosaic serve` in the background with a warn-level log on free
-# ports. Sets BENCH_GRPC_PORT, BENCH_METRICS_PORT, BENCH_SUITE_PID and
+# ports (a service's own binary with BENCH_SERVE_COMMAND= , which serves without one). Sets BENCH_GRPC_PORT, BENCH_METRICS_PORT, BENCH_SUITE_PID and
 # BENCH_COLD_START_MS (process start to health SERVING, polled every ~20 ms).
 bench_start_suite() {
   BENCH_GRPC_PORT=$(bench_pick_port "${BENCH_GRPC_PORT:-20151}")
@@ -185,7 +185,7 @@ bench_start_suite() {
     MOSAIC_LOG="${MOSAIC_LOG:-warn}" \
     MOSAIC_RATE_LIMIT_PER_SECOND="${MOSAIC_RATE_LIMIT_PER_SECOND:-1000000}" \
     MOSAIC_RATE_LIMIT_BURST="${MOSAIC_RATE_LIMIT_BURST:-1000000}" \
-    "$BENCH_BIN" serve >"$BENCH_SUITE_LOG" 2>&1 </dev/null &
+    "$BENCH_BIN" ${BENCH_SERVE_COMMAND-serve} >"$BENCH_SUITE_LOG" 2>&1 </dev/null &
   BENCH_SUITE_PID=$!
   deadline=$((t0 + 60000))
   while :; do

@@ -224,14 +224,15 @@ impl ActivityService for Activities {
         let mut tx = self.db.begin(&ctx).await?;
         let rows = storage::list_page(&mut tx, &filter, after, size).await?;
         tx.finish_read();
-        let (rows, next_page_token) = page::split_page(rows, size, &binding, |activity| {
-            (activity.occurred_at, activity.activity_id)
-        });
+        let (activities, next_page_token) = page::page(
+            rows,
+            size,
+            &binding,
+            |activity| (activity.occurred_at, activity.activity_id),
+            storage::ActivityRow::into_proto,
+        );
         Ok(Response::new(ListActivitiesResponse {
-            activities: rows
-                .into_iter()
-                .map(storage::ActivityRow::into_proto)
-                .collect(),
+            activities,
             next_page_token,
         }))
     }

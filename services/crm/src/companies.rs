@@ -169,13 +169,15 @@ impl CompanyService for Companies {
         let mut tx = self.db.begin(&ctx).await?;
         let rows = storage::list_page(&mut tx, after, request.show_deleted, size).await?;
         tx.finish_read();
-        let (rows, next_page_token) =
-            page::split_page(rows, size, &binding, |company| company.company_id);
+        let (companies, next_page_token) = page::page(
+            rows,
+            size,
+            &binding,
+            |company| company.company_id,
+            storage::CompanyRow::into_proto,
+        );
         Ok(Response::new(ListCompaniesResponse {
-            companies: rows
-                .into_iter()
-                .map(storage::CompanyRow::into_proto)
-                .collect(),
+            companies,
             next_page_token,
         }))
     }

@@ -299,13 +299,15 @@ impl ContactService for Contacts {
         let mut tx = self.db.begin(&ctx).await?;
         let rows = storage::list_page(&mut tx, &filter, after, size).await?;
         tx.finish_read();
-        let (rows, next_page_token) =
-            page::split_page(rows, size, &binding, |contact| contact.contact_id);
+        let (contacts, next_page_token) = page::page(
+            rows,
+            size,
+            &binding,
+            |contact| contact.contact_id,
+            storage::ContactRow::into_proto,
+        );
         Ok(Response::new(ListContactsResponse {
-            contacts: rows
-                .into_iter()
-                .map(storage::ContactRow::into_proto)
-                .collect(),
+            contacts,
             next_page_token,
         }))
     }

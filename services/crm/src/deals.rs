@@ -215,9 +215,15 @@ impl DealService for Deals {
         let rows =
             storage::list_page(&mut tx, request.show_deleted, company, stage, after, size).await?;
         tx.finish_read();
-        let (rows, next_page_token) = page::split_page(rows, size, &binding, |deal| deal.deal_id);
+        let (deals, next_page_token) = page::page(
+            rows,
+            size,
+            &binding,
+            |deal| deal.deal_id,
+            storage::DealRow::into_proto,
+        );
         Ok(Response::new(ListDealsResponse {
-            deals: rows.into_iter().map(storage::DealRow::into_proto).collect(),
+            deals,
             next_page_token,
         }))
     }

@@ -215,13 +215,15 @@ impl SignalService for Signals {
         let mut tx = self.db.begin(&ctx).await?;
         let rows = storage::list_page(&mut tx, &filter, after, size).await?;
         tx.finish_read();
-        let (rows, next_page_token) =
-            page::split_page(rows, size, &binding, |signal| signal.signal_id);
+        let (signals, next_page_token) = page::page(
+            rows,
+            size,
+            &binding,
+            |signal| signal.signal_id,
+            storage::SignalRow::into_proto,
+        );
         Ok(Response::new(ListSignalsResponse {
-            signals: rows
-                .into_iter()
-                .map(storage::SignalRow::into_proto)
-                .collect(),
+            signals,
             next_page_token,
         }))
     }

@@ -171,12 +171,15 @@ impl ApiKeyService for ApiKeys {
         let mut tx = self.db.begin(&ctx).await?;
         let rows = storage::list(&mut tx, after, request.show_revoked, size).await?;
         tx.finish_read();
-        let (rows, next_page_token) = page::split_page(rows, size, &binding, |key| key.api_key_id);
+        let (api_keys, next_page_token) = page::page(
+            rows,
+            size,
+            &binding,
+            |key| key.api_key_id,
+            storage::ApiKeyRow::into_proto,
+        );
         Ok(Response::new(ListApiKeysResponse {
-            api_keys: rows
-                .into_iter()
-                .map(storage::ApiKeyRow::into_proto)
-                .collect(),
+            api_keys,
             next_page_token,
         }))
     }

@@ -147,13 +147,15 @@ impl MemberService for Members {
         let mut tx = self.db.begin(&ctx).await?;
         let rows = storage::list(&mut tx, after, role_of(role), size).await?;
         tx.finish_read();
-        let (rows, next_page_token) =
-            page::split_page(rows, size, &binding, |member| member.user_id);
+        let (members, next_page_token) = page::page(
+            rows,
+            size,
+            &binding,
+            |member| member.user_id,
+            storage::MemberRow::into_proto,
+        );
         Ok(Response::new(ListMembersResponse {
-            members: rows
-                .into_iter()
-                .map(storage::MemberRow::into_proto)
-                .collect(),
+            members,
             next_page_token,
         }))
     }

@@ -186,13 +186,15 @@ impl TenantService for Tenants {
         let mut tx = self.db.begin_platform(&ctx).await?;
         let rows = storage::list(tx.conn(), after, request.show_deleted, size).await?;
         tx.commit().await?;
-        let (rows, next_page_token) =
-            page::split_page(rows, size, &binding, |tenant| tenant.tenant_id);
+        let (tenants, next_page_token) = page::page(
+            rows,
+            size,
+            &binding,
+            |tenant| tenant.tenant_id,
+            storage::TenantRow::into_proto,
+        );
         Ok(Response::new(ListTenantsResponse {
-            tenants: rows
-                .into_iter()
-                .map(storage::TenantRow::into_proto)
-                .collect(),
+            tenants,
             next_page_token,
         }))
     }

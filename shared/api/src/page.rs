@@ -6,6 +6,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
@@ -71,24 +73,63 @@ pub fn decode<K: DeserializeOwned>(binding: &PageBinding, raw: &str) -> ApiResul
     Ok(Some(env.k))
 }
 
-/// Splits one extra fetched row off a page: queries ask for `size + 1` rows,
-/// and the extra row's presence means there is a next page.
-pub fn split_page<T, K: Serialize>(
-    mut rows: Vec<T>,
+/// The largest reply a page may fill: the process's message size limit
+/// ([`set_max_reply_bytes`]), less room for the rest of the reply (the
+/// next page token and a few scalar fields).
+static MAX_REPLY_BYTES: AtomicUsize = AtomicUsize::new(4 * 1024 * 1024);
+const REPLY_RESERVE: usize = 4 * 1024;
+
+/// Sets the message size limit pages are kept under (the kit does, from
+/// `MOSAIC_MAX_MESSAGE_BYTES`, before serving).
+pub fn set_max_reply_bytes(bytes: usize) {
+    MAX_REPLY_BYTES.store(bytes, Ordering::Relaxed);
+}
+
+/// Turns the rows of a keyset query into a page of replies and the next
+/// page token. Queries ask for `size + 1` rows; the extra row's presence
+/// means there is a next page. A page also ends early, with a token, when
+/// the next message would take the reply past the message size limit
+/// (AIP-158 allows short pages), so a page of large rows is never refused
+/// by the encoder. It always holds at least one row.
+pub fn page<R, M, K>(
+    rows: Vec<R>,
     size: u32,
     binding: &PageBinding,
-    key_of: impl Fn(&T) -> K,
-) -> (Vec<T>, String) {
-    if rows.len() > size as usize {
-        rows.truncate(size as usize);
-        let token = rows
-            .last()
-            .map(|r| encode(binding, &key_of(r)))
-            .unwrap_or_default();
-        (rows, token)
-    } else {
-        (rows, String::new())
+    key_of: impl Fn(&R) -> K,
+    mut into_proto: impl FnMut(R) -> M,
+) -> (Vec<M>, String)
+where
+    M: prost::Message,
+    K: Serialize,
+{
+    let budget = MAX_REPLY_BYTES
+        .load(Ordering::Relaxed)
+        .saturating_sub(REPLY_RESERVE);
+    let more = rows.len() > size as usize;
+    let mut used = 0usize;
+    let mut out = Vec::with_capacity(rows.len().min(size as usize));
+    let mut last_key = None;
+    for row in rows.into_iter().take(size as usize) {
+        let key = key_of(&row);
+        let message = into_proto(row);
+        let len = message.encoded_len();
+        // A repeated field's element: a one-byte tag, the length, the bytes.
+        let cost = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+        if !out.is_empty() && used + cost > budget {
+            return (
+                out,
+                last_key.map(|k| encode(binding, &k)).unwrap_or_default(),
+            );
+        }
+        used += cost;
+        out.push(message);
+        last_key = Some(key);
     }
+    let token = match (more, last_key) {
+        (true, Some(key)) => encode(binding, &key),
+        _ => String::new(),
+    };
+    (out, token)
 }
 
 #[cfg(test)]
@@ -109,15 +150,43 @@ mod tests {
         assert_eq!(decode::<(String, i32)>(&a, "").unwrap(), None);
     }
 
+    /// A message of `n` bytes of text (in field 1).
+    fn text(n: usize) -> String {
+        "x".repeat(n)
+    }
+
     #[test]
-    fn split() {
+    fn pages_end_at_the_size_or_the_extra_row() {
         let binding = PageBinding::new("L");
-        let (rows, next) = split_page(vec![1, 2, 3], 2, &binding, |r| *r);
-        assert_eq!(rows, [1, 2]);
+        let (rows, next) = page(vec![1, 2, 3], 2, &binding, |r| *r, |r| r.to_string());
+        assert_eq!(rows, ["1", "2"]);
         assert_eq!(decode::<i32>(&binding, &next).unwrap(), Some(2));
-        let (rows, next) = split_page(vec![1, 2], 2, &binding, |r| *r);
-        assert_eq!(rows, [1, 2]);
+        let (rows, next) = page(vec![1, 2], 2, &binding, |r| *r, |r| r.to_string());
+        assert_eq!(rows, ["1", "2"]);
         assert!(next.is_empty());
+    }
+
+    #[test]
+    fn pages_end_before_the_reply_limit() {
+        let binding = PageBinding::new("L");
+        let limit = MAX_REPLY_BYTES.load(Ordering::Relaxed);
+        // Ten rows of a tenth of the limit each: the whole page does not fit.
+        let rows: Vec<i32> = (0..10).collect();
+        let (kept, next) = page(rows, 50, &binding, |r| *r, |_| text(limit / 10));
+        assert!(kept.len() < 10 && !kept.is_empty(), "{}", kept.len());
+        let total: usize = kept
+            .iter()
+            .map(|m| prost::Message::encoded_len(m) + 4)
+            .sum();
+        assert!(total <= limit, "{total} > {limit}");
+        assert_eq!(
+            decode::<i32>(&binding, &next).unwrap(),
+            Some(kept.len() as i32 - 1),
+            "the next page starts after the last row sent"
+        );
+        // One row larger than the limit still goes out alone (the encoder says OUT_OF_RANGE).
+        let (kept, _) = page(vec![1, 2], 5, &binding, |r| *r, |_| text(limit));
+        assert_eq!(kept.len(), 1);
     }
 
     proptest! {

@@ -140,22 +140,25 @@ pub async fn list(
     .map_err(db_error)?;
     tx.finish_read();
 
-    let (rows, next_page_token) = page::split_page(rows, size, &binding, |r| r.event_id);
+    let (events, next_page_token) = page::page(
+        rows,
+        size,
+        &binding,
+        |row| row.event_id,
+        |row| AuditEvent {
+            event_id: row.event_id.to_string(),
+            tenant_id: row.tenant_id.to_string(),
+            actor: row.actor,
+            action: row.action,
+            resource_type: row.resource_type,
+            resource_id: row.resource_id,
+            request_id: row.request_id,
+            create_time: Some(convert::timestamp(row.created_at)),
+            details: Some(convert::json_to_struct(&row.details)),
+        },
+    );
     Ok(ListAuditEventsResponse {
-        events: rows
-            .into_iter()
-            .map(|r| AuditEvent {
-                event_id: r.event_id.to_string(),
-                tenant_id: r.tenant_id.to_string(),
-                actor: r.actor,
-                action: r.action,
-                resource_type: r.resource_type,
-                resource_id: r.resource_id,
-                request_id: r.request_id,
-                create_time: Some(convert::timestamp(r.created_at)),
-                details: Some(convert::json_to_struct(&r.details)),
-            })
-            .collect(),
+        events,
         next_page_token,
     })
 }

@@ -56,6 +56,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartupError> {
     let config = ServerConfig::from_env(env)?;
+    mosaic_api::page::set_max_reply_bytes(config.max_message_bytes);
     let tokens = TokenSettings::from_env(env)?;
     let verifier = TokenVerifier::new(tokens.verify.clone()).map_err(|e| {
         mosaic_core::ConfigError::invalid_secret(mosaic_tenant::token::PUBLIC_KEY, e)
