@@ -13,7 +13,8 @@
 //! - [`ServiceModule::build`]: its gRPC services (added with
 //!   [`add_services!`](crate::add_services), which applies the message size
 //!   limits and records each service's name from its generated
-//!   `NamedService::NAME`) and any probes of its own;
+//!   `NamedService::NAME`), any probes of its own, and background tasks
+//!   (sweepers) that run while the process serves;
 //! - [`ServiceModule::purger`]: what `mosaic purge` runs for each tenant.
 
 use std::convert::Infallible;
@@ -91,11 +92,18 @@ impl Deps {
 /// Adds one gRPC server to the process's router.
 pub(crate) type AddRoute = Box<dyn FnOnce(&mut RoutesBuilder) + Send>;
 
+/// A background task: started when serving starts, told to stop by the
+/// [`Shutdown`] it is given (it should return soon after), and dropped
+/// at the drain deadline if it has not.
+pub(crate) type Task = (&'static str, BoxFuture<'static, ()>);
+
 /// A built service: its gRPC routes and the probes its health follows.
 pub struct Service {
     routes: Vec<AddRoute>,
     names: Vec<&'static str>,
     probes: Vec<Arc<dyn Probe>>,
+    tasks: Vec<Task>,
+    stop: Shutdown,
     max_message_bytes: usize,
 }
 
@@ -117,6 +125,8 @@ impl Service {
             routes: Vec::new(),
             names: Vec::new(),
             probes: Vec::new(),
+            tasks: Vec::new(),
+            stop: deps.stop.clone(),
             max_message_bytes: deps.max_message_bytes,
         }
     }
@@ -153,14 +163,42 @@ impl Service {
         self
     }
 
+    /// A task to run beside the server (e.g. a sweeper of expired holds):
+    /// `run` gets the [`Shutdown`] that fires when draining starts and
+    /// should return soon after it fires.
+    pub fn background<F>(
+        &mut self,
+        name: &'static str,
+        run: impl FnOnce(Shutdown) -> F,
+    ) -> &mut Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.push((name, Box::pin(run(self.stop.clone()))));
+        self
+    }
+
     /// The gRPC service names, in the order they were added.
     pub fn names(&self) -> &[&'static str] {
         &self.names
     }
 
-    pub(crate) fn into_parts(self) -> (Vec<AddRoute>, Vec<&'static str>, Vec<Arc<dyn Probe>>) {
-        (self.routes, self.names, self.probes)
+    pub(crate) fn into_parts(self) -> Parts {
+        Parts {
+            routes: self.routes,
+            names: self.names,
+            probes: self.probes,
+            tasks: self.tasks,
+        }
     }
+}
+
+/// What the kit takes from a built [`Service`].
+pub(crate) struct Parts {
+    pub(crate) routes: Vec<AddRoute>,
+    pub(crate) names: Vec<&'static str>,
+    pub(crate) probes: Vec<Arc<dyn Probe>>,
+    pub(crate) tasks: Vec<Task>,
 }
 
 /// Adds generated gRPC servers to a [`Service`], each with the message size

@@ -30,6 +30,9 @@ use crate::serve::{ServeOptions, serve};
 use crate::shutdown::{Shutdown, sigterm_or_ctrl_c};
 use crate::telemetry::init_logging;
 
+/// How long background tasks get to return after draining, before they are dropped.
+const TASK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The pool of `module`, logged in as its runtime role, when it has a schema.
 /// Lazy: nothing is connected yet.
 pub fn connect(module: &dyn ServiceModule, env: &Env) -> Result<Option<Database>, StartupError> {
@@ -68,6 +71,7 @@ pub async fn run(
     let mut groups = Vec::new();
     let mut public = Vec::new();
     let mut pools = Vec::new();
+    let mut tasks = Vec::new();
     for module in modules {
         let db = connect(*module, env)?;
         let mut probes: Vec<Arc<dyn Probe>> = Vec::new();
@@ -89,23 +93,37 @@ pub async fn run(
             max_message_bytes: config.max_message_bytes,
         };
         let service = module.build(&deps)?;
-        let (adders, names, own_probes) = service.into_parts();
-        for add in adders {
+        let parts = service.into_parts();
+        for add in parts.routes {
             add(&mut routes);
         }
-        probes.extend(own_probes);
-        groups.push(HealthGroup::new(&names, probes));
+        probes.extend(parts.probes);
+        groups.push(HealthGroup::new(&parts.names, probes));
+        tasks.extend(parts.tasks);
         public.extend(module.public_methods().iter().map(|m| (*m).to_owned()));
     }
 
+    let running: Vec<_> = tasks
+        .into_iter()
+        .map(|(name, task)| (name, tokio::spawn(task)))
+        .collect();
     let opts = ServeOptions {
         public_methods: public,
         health: Health::new(groups),
-        stop,
+        stop: stop.clone(),
         rate_limiter,
         ..ServeOptions::new(config, verifier, metrics)
     };
     let result = serve(listener, routes.routes(), opts, shutdown).await;
+    // Draining has fired `stop`; give the tasks a moment to finish their round.
+    stop.trigger();
+    for (name, task) in running {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(TASK_GRACE, task).await.is_err() {
+            tracing::warn!(task = name, "background task did not stop in time; dropped");
+            abort.abort();
+        }
+    }
     for pool in pools {
         pool.close().await;
     }

@@ -40,6 +40,12 @@ impl Role {
 /// The token role that lets a principal manage every tenant.
 pub const PLATFORM_ADMIN: &str = "platform_admin";
 
+/// The prefix of service roles: `svc:<capability>` names one internal
+/// service's right to call one named method (the edge's `svc:agent_lookup`,
+/// the payment integration's `svc:payments`). A service role grants nothing
+/// else, and a token that carries one may carry no tenant.
+pub const SERVICE_ROLE_PREFIX: &str = "svc:";
+
 /// Who calls, for which tenant, in which request, until when. Cheap to clone.
 ///
 /// Made only by [`crate::AuthLayer`] from a verified token (and by
@@ -54,6 +60,8 @@ struct Inner {
     principal: String,
     role: Option<Role>,
     platform_admin: bool,
+    /// The `svc:` roles of the token, e.g. `svc:payments`.
+    service_roles: Vec<String>,
     request_id: String,
     traceparent: String,
     token: String,
@@ -67,6 +75,7 @@ impl TenantContext {
         principal: String,
         role: Option<Role>,
         platform_admin: bool,
+        service_roles: Vec<String>,
         request_id: String,
         traceparent: String,
         token: String,
@@ -77,6 +86,7 @@ impl TenantContext {
             principal,
             role,
             platform_admin,
+            service_roles,
             request_id,
             traceparent,
             token,
@@ -167,6 +177,22 @@ impl TenantContext {
         }
     }
 
+    /// Whether the token carries the service role `role` (`svc:payments`).
+    pub fn has_service_role(&self, role: &str) -> bool {
+        self.0.service_roles.iter().any(|held| held == role)
+    }
+
+    /// PERMISSION_DENIED unless the token carries the service role `role`.
+    pub fn require_service_role(&self, role: &str) -> ApiResult<()> {
+        if self.has_service_role(role) {
+            Ok(())
+        } else {
+            Err(ApiError::permission_denied(format!(
+                "this method is for the service role {role}"
+            )))
+        }
+    }
+
     /// PERMISSION_DENIED unless the caller is a platform admin.
     pub fn require_platform_admin(&self) -> ApiResult<()> {
         if self.0.platform_admin {
@@ -198,6 +224,7 @@ impl TenantContext {
             i.principal.clone(),
             i.role,
             true,
+            i.service_roles.clone(),
             i.request_id.clone(),
             i.traceparent.clone(),
             i.token.clone(),
@@ -214,6 +241,7 @@ impl TenantContext {
             format!("system:{principal}"),
             Some(Role::Owner),
             false,
+            Vec::new(),
             Uuid::now_v7().to_string(),
             crate::trace::new_traceparent(),
             String::new(),
@@ -229,6 +257,7 @@ impl TenantContext {
             format!("system:{principal}"),
             None,
             true,
+            Vec::new(),
             Uuid::now_v7().to_string(),
             crate::trace::new_traceparent(),
             String::new(),

@@ -190,7 +190,8 @@ impl<S> Auth<S> {
                 )
             })?;
         let claims = self.layer.verifier.verify(token)?;
-        if claims.tid.is_none() && !claims.is_platform_admin() {
+        let service_roles = claims.service_roles();
+        if claims.tid.is_none() && !claims.is_platform_admin() && service_roles.is_empty() {
             return Err(ApiError::unauthenticated(
                 "TOKEN_INVALID",
                 "the token carries no tenant",
@@ -201,6 +202,7 @@ impl<S> Auth<S> {
             claims.sub.clone(),
             claims.role(),
             claims.is_platform_admin(),
+            service_roles,
             request_id,
             traceparent,
             token.to_owned(),

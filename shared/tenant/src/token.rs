@@ -10,7 +10,7 @@ use mosaic_core::{ConfigError, Env, TenantId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::context::{PLATFORM_ADMIN, Role};
+use crate::context::{PLATFORM_ADMIN, Role, SERVICE_ROLE_PREFIX};
 
 /// The claims of a Mosaic token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -57,6 +57,15 @@ impl Claims {
 
     pub fn is_platform_admin(&self) -> bool {
         self.roles.iter().any(|r| r == PLATFORM_ADMIN)
+    }
+
+    /// The `svc:` roles among the claims.
+    pub fn service_roles(&self) -> Vec<String> {
+        self.roles
+            .iter()
+            .filter(|role| role.starts_with(SERVICE_ROLE_PREFIX))
+            .cloned()
+            .collect()
     }
 }
 
