@@ -184,7 +184,14 @@ impl App {
             )
             .expect("admin url");
         let opts: sqlx::postgres::PgConnectOptions = admin.expose().parse().expect("admin url");
-        PgConnection::connect_with(&opts.database("mosaic"))
+        let identity: sqlx::postgres::PgConnectOptions = self
+            .db_config("identity")
+            .url
+            .expose()
+            .parse()
+            .expect("identity url");
+        let database = identity.get_database().unwrap_or("mosaic").to_owned();
+        PgConnection::connect_with(&opts.database(&database))
             .await
             .expect("admin connection")
     }
