@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
+        // Decode failures are the sender's INVALID_ARGUMENT (src/codec.rs).
+        .codec_path("crate::codec::Codec")
         .file_descriptor_set_path(out.join("mosaic_descriptor.bin"))
         .compile_with_config(config, &protos, &[root, include])?;
     Ok(())

@@ -120,6 +120,14 @@ fn token(
         other => other,
     })?;
     let signer = settings.signer()?;
+    let longest = settings.verify.max_lifetime.as_secs();
+    if ttl > longest {
+        return Err(StartupError::refused(format_args!(
+            "--ttl {ttl}: the servers refuse tokens living longer than {longest} s \
+             ({})",
+            mosaic_tenant::token::MAX_LIFETIME_SECS
+        )));
+    }
     if roles.is_empty() {
         let role = if tenant.is_some() {
             "owner"

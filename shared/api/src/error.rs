@@ -48,6 +48,12 @@ impl ApiError {
         v.into_error()
     }
 
+    /// INVALID_ARGUMENT, reason `MALFORMED_REQUEST`: bytes that do not decode
+    /// as the request message, where no field can be named.
+    pub fn malformed_request(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, "MALFORMED_REQUEST", message)
+    }
+
     /// NOT_FOUND with a reason such as `TENANT_NOT_FOUND`. Also what another
     /// tenant's resource looks like: its existence is never revealed.
     pub fn not_found(reason: &str, message: impl Into<String>) -> Self {

@@ -1,20 +1,55 @@
-//! Opaque keyset page tokens (AIP-158). A token carries the last row's sort key
-//! and a fingerprint of the query that made it (tenant, method, filters); a
-//! token presented with another query, or altered, is INVALID_ARGUMENT. The key
-//! only ever moves a cursor inside the caller's own tenant, so a forged but
-//! well-formed token can reveal nothing.
+//! Opaque keyset page tokens (AIP-158). A token carries the last row's sort
+//! key, authenticated with an HMAC over that key and everything that shaped
+//! the query (tenant, method, filters): a token presented with another query,
+//! altered, forged, or signed with a key the server no longer has, is
+//! INVALID_ARGUMENT on `page_token`. The HMAC keys come from
+//! `MOSAIC_PAGE_TOKEN_KEYS` ([`set_keys`], by the kit at startup): the first
+//! signs, every one verifies, so a key is rotated by putting the new one first
+//! and dropping the old one after a page token's useful life (minutes).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
+use hmac::{Hmac, Mac};
 use serde::{Serialize, de::DeserializeOwned};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::{ApiError, ApiResult};
 
 const FIELD: &str = "page_token";
 const MAX_TOKEN_LEN: usize = 1024;
+/// Bytes of the HMAC kept in a token (128 bits).
+const MAC_LEN: usize = 16;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The page token keys, signing key first. Until [`set_keys`] runs, one
+/// random key of this process (tokens then work only within the process).
+static KEYS: RwLock<Vec<Vec<u8>>> = RwLock::new(Vec::new());
+
+/// Sets the HMAC keys of page tokens: `keys[0]` signs, every one verifies.
+/// Empty keeps (or makes) a random key of this process.
+pub fn set_keys(keys: Vec<Vec<u8>>) {
+    let mut current = KEYS.write().unwrap_or_else(PoisonError::into_inner);
+    if !keys.is_empty() {
+        *current = keys;
+    } else if current.is_empty() {
+        current.push(rand::random::<[u8; 32]>().to_vec());
+    }
+}
+
+fn with_keys<T>(use_keys: impl FnOnce(&[Vec<u8>]) -> T) -> T {
+    {
+        let keys = KEYS.read().unwrap_or_else(PoisonError::into_inner);
+        if !keys.is_empty() {
+            return use_keys(&keys);
+        }
+    }
+    set_keys(Vec::new());
+    use_keys(&KEYS.read().unwrap_or_else(PoisonError::into_inner))
+}
 
 /// What a token is bound to: build it from everything that shapes the result
 /// set except the page size and the cursor itself.
@@ -33,31 +68,44 @@ impl PageBinding {
         self
     }
 
-    fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(self.0.as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    /// The MAC of `cursor` (its JSON) under this binding and `key`.
+    fn mac(&self, key: &[u8], cursor: &[u8]) -> HmacSha256 {
+        // Any key length is accepted by HMAC.
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| <HmacSha256 as Mac>::new_from_slice(&[0]).expect("hmac key"));
+        mac.update(self.0.as_bytes());
+        mac.update(b"\x1e");
+        mac.update(cursor);
+        mac
     }
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Envelope<K> {
-    q: String,
-    k: K,
+/// Encodes the cursor after the last row of a page: `<cursor>.<mac>`, both base64url.
+pub fn encode<K: Serialize>(binding: &PageBinding, key: &K) -> String {
+    with_keys(|keys| encode_with(keys, binding, key))
 }
 
-/// Encodes the cursor after the last row of a page.
-pub fn encode<K: Serialize>(binding: &PageBinding, key: &K) -> String {
-    let env = Envelope {
-        q: binding.fingerprint(),
-        k: key,
-    };
-    // Serialising plain keys (strings, integers, UUIDs) cannot fail.
-    let json = serde_json::to_vec(&env).unwrap_or_default();
-    URL_SAFE_NO_PAD.encode(json)
+fn encode_with<K: Serialize>(keys: &[Vec<u8>], binding: &PageBinding, key: &K) -> String {
+    // Serialising plain keys (strings, integers, UUIDs, times) cannot fail.
+    let cursor = serde_json::to_vec(key).unwrap_or_default();
+    let tag = binding.mac(&keys[0], &cursor).finalize().into_bytes();
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(&cursor),
+        URL_SAFE_NO_PAD.encode(&tag[..MAC_LEN])
+    )
 }
 
 /// Decodes a request's `page_token`: `None` for the first page.
 pub fn decode<K: DeserializeOwned>(binding: &PageBinding, raw: &str) -> ApiResult<Option<K>> {
+    with_keys(|keys| decode_with(keys, binding, raw))
+}
+
+fn decode_with<K: DeserializeOwned>(
+    keys: &[Vec<u8>],
+    binding: &PageBinding,
+    raw: &str,
+) -> ApiResult<Option<K>> {
     if raw.is_empty() {
         return Ok(None);
     }
@@ -65,12 +113,22 @@ pub fn decode<K: DeserializeOwned>(binding: &PageBinding, raw: &str) -> ApiResul
     if raw.len() > MAX_TOKEN_LEN {
         return Err(bad());
     }
-    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
-    let env: Envelope<K> = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    if env.q != binding.fingerprint() {
+    let (cursor, tag) = raw.split_once('.').ok_or_else(bad)?;
+    let (cursor, tag) = (
+        URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?,
+        URL_SAFE_NO_PAD.decode(tag).map_err(|_| bad())?,
+    );
+    let authentic = tag.len() == MAC_LEN
+        && keys.iter().any(|key| {
+            binding
+                .mac(key, &cursor)
+                .verify_truncated_left(&tag)
+                .is_ok()
+        });
+    if !authentic {
         return Err(bad());
     }
-    Ok(Some(env.k))
+    serde_json::from_slice(&cursor).map(Some).map_err(|_| bad())
 }
 
 /// The largest reply a page may fill: the process's message size limit
@@ -136,6 +194,42 @@ where
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn forged_altered_and_foreign_tokens_are_refused() {
+        let binding = PageBinding::new("ListX").with("tenant-a");
+        let token = encode(&binding, &("2024-01-01T00:00:00Z", 7));
+        // A cursor of the caller's choosing with the old unkeyed scheme's shape.
+        let forged = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(br#"["+999999-01-01T00:00:00Z",1]"#),
+            URL_SAFE_NO_PAD.encode([0u8; MAC_LEN])
+        );
+        let altered = token.replacen('A', "B", 1);
+        for bad in [forged.as_str(), altered.as_str(), "x.y", "no-dot"] {
+            let e = decode::<(String, i32)>(&binding, bad).unwrap_err();
+            assert_eq!(e.violations()[0].field, "page_token", "{bad}");
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_old_tokens_until_the_old_key_goes() {
+        let binding = PageBinding::new("ListRotate");
+        let (old_key, new_key) = (b"old".to_vec(), b"new".to_vec());
+        let old = encode_with(std::slice::from_ref(&old_key), &binding, &1);
+        let both = [new_key.clone(), old_key];
+        assert_eq!(decode_with::<i32>(&both, &binding, &old).unwrap(), Some(1));
+        let new = encode_with(&both, &binding, &2);
+        let only_new = [new_key];
+        assert!(
+            decode_with::<i32>(&only_new, &binding, &old).is_err(),
+            "the old key is gone"
+        );
+        assert_eq!(
+            decode_with::<i32>(&only_new, &binding, &new).unwrap(),
+            Some(2)
+        );
+    }
 
     #[test]
     fn bound_to_query() {

@@ -8,8 +8,18 @@
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
+pub mod codec;
+
 /// Generated code, one module per proto package.
 pub mod pb {
+    /// `google.rpc` error details, vendored in `proto/google/rpc` so that
+    /// reflection describes them (grpcurl then prints `ErrorInfo` and
+    /// `BadRequest`); servers build details with `tonic-types`.
+    pub mod google {
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
     pub mod mosaic {
         pub mod common {
             pub mod v1 {

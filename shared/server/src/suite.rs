@@ -15,7 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use mosaic_cache::{RateLimitConfig, RateLimiter};
-use mosaic_core::{Context as _, Env, Metrics, Probe, StartupError};
+use mosaic_core::{ConfigError, Context as _, Env, Metrics, Probe, StartupError};
 use mosaic_db::bootstrap::RuntimeLogin;
 use mosaic_db::{Database, DbConfig, ServiceSchema};
 use mosaic_tenant::{TokenSettings, TokenVerifier};
@@ -29,6 +29,32 @@ use crate::module::{Deps, ServiceModule};
 use crate::serve::{ServeOptions, serve};
 use crate::shutdown::{Shutdown, sigterm_or_ctrl_c};
 use crate::telemetry::init_logging;
+
+/// `MOSAIC_PAGE_TOKEN_KEYS`: comma-separated HMAC keys of page tokens (at
+/// least 32 characters each); the first signs, all verify (rotation).
+pub const PAGE_TOKEN_KEYS: &str = "MOSAIC_PAGE_TOKEN_KEYS";
+
+/// The page token keys configured, signing key first; empty when unset.
+pub fn page_token_keys(env: &Env) -> Result<Vec<Vec<u8>>, ConfigError> {
+    let Some(keys) = env.secret(PAGE_TOKEN_KEYS)? else {
+        return Ok(Vec::new());
+    };
+    keys.expose()
+        .split(',')
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+        .map(|key| {
+            if key.len() < 32 {
+                Err(ConfigError::invalid_secret(
+                    PAGE_TOKEN_KEYS,
+                    "each key needs at least 32 characters",
+                ))
+            } else {
+                Ok(key.as_bytes().to_vec())
+            }
+        })
+        .collect()
+}
 
 /// How long background tasks get to return after draining, before they are dropped.
 const TASK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -60,6 +86,13 @@ pub async fn run(
 ) -> Result<(), StartupError> {
     let config = ServerConfig::from_env(env)?;
     mosaic_api::page::set_max_reply_bytes(config.max_message_bytes);
+    let page_keys = page_token_keys(env)?;
+    if page_keys.is_empty() {
+        tracing::info!(
+            "page tokens are signed with a key of this process; set {PAGE_TOKEN_KEYS} to share one between replicas"
+        );
+    }
+    mosaic_api::page::set_keys(page_keys);
     let tokens = TokenSettings::from_env(env)?;
     let verifier = TokenVerifier::new(tokens.verify.clone()).map_err(|e| {
         mosaic_core::ConfigError::invalid_secret(mosaic_tenant::token::PUBLIC_KEY, e)
@@ -226,6 +259,23 @@ fn password_of(url: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn page_token_keys_from_settings() {
+        let keys = |value: &str| page_token_keys(&Env::from_pairs([(PAGE_TOKEN_KEYS, value)]));
+        assert_eq!(keys("").unwrap(), Vec::<Vec<u8>>::new());
+        let two = keys(&format!("{}, {}", "a".repeat(32), "b".repeat(40))).unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[0], "a".repeat(32).into_bytes());
+        let short = keys("short").unwrap_err();
+        assert_eq!(short.name(), PAGE_TOKEN_KEYS);
+        assert!(
+            !short.to_string().contains("short"),
+            "a secret is never echoed"
+        );
+    }
+
     #[test]
     fn passwords_from_urls() {
         assert_eq!(

@@ -78,6 +78,7 @@ impl TestServer {
             audience: "mosaic".into(),
             key: KeyMaterial::Hs256(b"test-secret".to_vec()),
             cache_ttl: Duration::from_secs(10),
+            max_lifetime: mosaic_tenant::token::DEFAULT_MAX_LIFETIME,
         };
         let verifier = TokenVerifier::new(auth.clone()).expect("verifier");
         let token = TokenSigner::new(&auth.key)
@@ -250,6 +251,42 @@ async fn health_follows_the_probes() {
         .await
         .expect_err("unlisted");
     assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn reflection_describes_the_error_details() {
+    // grpcurl (reflection v1alpha) needs these to print an error's details.
+    use tonic_reflection::pb::v1alpha;
+    let server = TestServer::start(Duration::from_secs(5), Duration::ZERO).await;
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    for symbol in [
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+        "google.rpc.RetryInfo",
+    ] {
+        let request = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                    symbol.to_owned(),
+                ),
+            ),
+        };
+        let mut responses = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let response = responses.next().await.expect("one response").expect("ok");
+        let Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(
+            files,
+        )) = response.message_response
+        else {
+            panic!("{symbol}: expected its file, got {response:?}");
+        };
+        assert!(!files.file_descriptor_proto.is_empty(), "{symbol}");
+    }
 }
 
 #[tokio::test]

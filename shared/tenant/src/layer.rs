@@ -262,6 +262,7 @@ mod tests {
             audience: "a".into(),
             key: KeyMaterial::Hs256(b"s".to_vec()),
             cache_ttl: Duration::from_secs(10),
+            max_lifetime: crate::token::DEFAULT_MAX_LIFETIME,
         };
         let verifier = TokenVerifier::new(config.clone()).unwrap();
         let signer = TokenSigner::new(&config.key).unwrap();

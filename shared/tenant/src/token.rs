@@ -19,7 +19,11 @@ pub struct Claims {
     pub aud: String,
     /// Principal: `user:<id>`, `key:<id>` or `platform:<name>`.
     pub sub: String,
+    /// Issued at (seconds since the epoch): revocations end tokens issued before them.
     pub iat: u64,
+    /// Not before; the exchanged tokens set it to `iat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     pub exp: u64,
     /// Tenant id; absent only in platform-admin tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,6 +48,7 @@ impl Claims {
             aud: config.audience.clone(),
             sub,
             iat: now,
+            nbf: Some(now),
             exp: now + ttl.as_secs(),
             tid: tenant,
             roles,
@@ -127,7 +132,15 @@ pub struct AuthConfig {
     pub key: KeyMaterial,
     /// How long a verified token is remembered (never past its expiry).
     pub cache_ttl: Duration,
+    /// The longest lifetime (`exp - iat`) a token may have; a longer one is
+    /// refused. Revocations are remembered this long.
+    pub max_lifetime: Duration,
 }
+
+/// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
+pub const LEEWAY_SECS: u64 = 5;
+/// The default of `MOSAIC_JWT_MAX_LIFETIME_SECS`: one day.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 const CACHE_CAPACITY: usize = 16_384;
 
@@ -164,7 +177,8 @@ impl TokenVerifier {
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 5;
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
         Ok(Self {
             config: Arc::new(config),
             key: Arc::new(key),
@@ -178,7 +192,9 @@ impl TokenVerifier {
     }
 
     /// The claims of a valid token, else UNAUTHENTICATED with a reason:
-    /// `TOKEN_EXPIRED` or `TOKEN_INVALID`.
+    /// `TOKEN_EXPIRED`, `TOKEN_NOT_YET_VALID` (`nbf` ahead, or `iat` in the
+    /// future beyond [`LEEWAY_SECS`]) or `TOKEN_INVALID` (bad signature,
+    /// issuer, audience, or a lifetime over the maximum).
     pub fn verify(&self, token: &str) -> ApiResult<Arc<Claims>> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = Instant::now();
@@ -198,10 +214,21 @@ impl TokenVerifier {
                     ErrorKind::ExpiredSignature => {
                         ApiError::unauthenticated("TOKEN_EXPIRED", "the token has expired")
                     }
+                    ErrorKind::ImmatureSignature => not_yet_valid(),
                     _ => ApiError::unauthenticated("TOKEN_INVALID", "the token is not valid"),
                 }
             })?;
-        let claims = Arc::new(data.claims);
+        let claims = data.claims;
+        if claims.iat > unix_now() + LEEWAY_SECS {
+            return Err(not_yet_valid());
+        }
+        if claims.exp.saturating_sub(claims.iat) > self.config.max_lifetime.as_secs() {
+            return Err(ApiError::unauthenticated(
+                "TOKEN_INVALID",
+                "the token lives longer than this server accepts",
+            ));
+        }
+        let claims = Arc::new(claims);
         let left = Duration::from_secs(claims.exp.saturating_sub(unix_now()));
         let until = now + left.min(self.config.cache_ttl);
         if let Ok(mut cache) = self.cache.lock() {
@@ -215,6 +242,10 @@ impl TokenVerifier {
         }
         Ok(claims)
     }
+}
+
+fn not_yet_valid() -> ApiError {
+    ApiError::unauthenticated("TOKEN_NOT_YET_VALID", "the token is not valid yet")
 }
 
 /// Signs tokens (identity's token exchange, and `mosaic token` for local probing).
@@ -263,6 +294,8 @@ pub const PUBLIC_KEY: &str = "MOSAIC_JWT_PUBLIC_KEY";
 pub const PRIVATE_KEY: &str = "MOSAIC_JWT_PRIVATE_KEY";
 /// `MOSAIC_JWT_HS256_SECRET`: the local alternative to a key pair, at least 32 characters.
 pub const HS256_SECRET: &str = "MOSAIC_JWT_HS256_SECRET";
+/// `MOSAIC_JWT_MAX_LIFETIME_SECS`: the longest token lifetime accepted (default a day).
+pub const MAX_LIFETIME_SECS: &str = "MOSAIC_JWT_MAX_LIFETIME_SECS";
 
 /// Token settings: what a verifier accepts, and the signing key if this
 /// process has one.
@@ -309,6 +342,8 @@ impl TokenSettings {
                 audience,
                 key: verify,
                 cache_ttl: Duration::from_secs(30),
+                max_lifetime: env
+                    .positive_secs(MAX_LIFETIME_SECS, DEFAULT_MAX_LIFETIME.as_secs())?,
             },
             signing_key,
         })
@@ -336,6 +371,7 @@ mod tests {
             audience: "aud".into(),
             key: KeyMaterial::Hs256(secret.to_vec()),
             cache_ttl: Duration::from_secs(30),
+            max_lifetime: DEFAULT_MAX_LIFETIME,
         }
     }
 
@@ -392,6 +428,36 @@ mod tests {
         );
 
         assert!(v.verify("not.a.jwt").is_err());
+    }
+
+    #[test]
+    fn nbf_iat_and_lifetime_are_checked_with_a_small_leeway() {
+        let c = config(b"k");
+        let signer = TokenSigner::new(&c.key).unwrap();
+        let v = TokenVerifier::new(c.clone()).unwrap();
+        let base = Claims::new(&c, "user:x".into(), None, vec![], Duration::from_secs(600));
+        let now = unix_now();
+        let reason = |claims: &Claims| {
+            v.verify(&signer.sign(claims).unwrap())
+                .map(|_| "OK".to_owned())
+                .unwrap_or_else(|e| e.reason().to_owned())
+        };
+        let mut ahead = base.clone();
+        ahead.nbf = Some(now + 3600);
+        assert_eq!(reason(&ahead), "TOKEN_NOT_YET_VALID");
+        let mut within = base.clone();
+        within.nbf = Some(now + LEEWAY_SECS - 1);
+        assert_eq!(reason(&within), "OK", "inside the leeway");
+        let mut future = base.clone();
+        future.iat = now + 3600;
+        future.exp = future.iat + 60;
+        assert_eq!(reason(&future), "TOKEN_NOT_YET_VALID");
+        let mut forever = base.clone();
+        forever.exp = now + DEFAULT_MAX_LIFETIME.as_secs() + 3600;
+        assert_eq!(reason(&forever), "TOKEN_INVALID");
+        let mut no_nbf = base;
+        no_nbf.nbf = None;
+        assert_eq!(reason(&no_nbf), "OK", "nbf is optional");
     }
 
     #[test]
