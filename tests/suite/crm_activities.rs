@@ -29,7 +29,7 @@ fn log(a: Activity) -> LogActivityRequest {
 
 #[tokio::test]
 async fn log_list_and_count() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let co = t.company("Acme").await;
     let c = t.contact(&email("c")).await;
     let d = deals()
@@ -186,7 +186,7 @@ async fn log_list_and_count() {
 
 #[tokio::test]
 async fn log_is_idempotent_by_request_id() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let co = t.company("Acme").await;
     let req = LogActivityRequest {
         activity: Some(Activity {
@@ -213,7 +213,7 @@ async fn log_is_idempotent_by_request_id() {
 
 #[tokio::test]
 async fn bad_input_names_the_field_and_writes_nothing() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let co = t.company("Acme").await;
     let ok = || Activity {
         kind: ActivityKind::Call as i32,
@@ -340,8 +340,8 @@ async fn bad_input_names_the_field_and_writes_nothing() {
 
 #[tokio::test]
 async fn another_tenant_sees_nothing_and_cannot_log_on_foreign_subjects() {
-    let a = CrmTenant::new();
-    let b = CrmTenant::new();
+    let a = CrmTenant::new().await;
+    let b = CrmTenant::new().await;
     let co = a.company("Acme").await;
     activities()
         .log_activity(a.req(log(Activity {

@@ -21,7 +21,7 @@ const TABLES: &[&str] = &[
 
 #[tokio::test]
 async fn no_tenant_means_no_rows_and_foreign_rows_are_refused() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     t.contact(&email("rls")).await;
     let mut conn = crm_role_db().await;
     for table in TABLES {
@@ -66,7 +66,7 @@ async fn no_tenant_means_no_rows_and_foreign_rows_are_refused() {
 
 #[tokio::test]
 async fn tenant_reads_have_indexes() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let c = t.contact(&email("plan")).await;
     let mut conn = crm_role_db().await;
     let mut tx = conn.begin().await.unwrap();

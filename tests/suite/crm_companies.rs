@@ -41,7 +41,7 @@ fn domain() -> String {
 
 #[tokio::test]
 async fn create_get_list_update_delete_undelete() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let d = domain();
     let c = companies()
         .create_company(t.as_role(
@@ -226,7 +226,7 @@ async fn create_get_list_update_delete_undelete() {
 
 #[tokio::test]
 async fn unique_among_live_rows_and_create_after_delete() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let d = domain();
     let first = companies()
         .create_company(t.req(create(company("A", &d, "ext-a"))))
@@ -247,7 +247,7 @@ async fn unique_among_live_rows_and_create_after_delete() {
     assert_eq!(bad_fields(&taken), ["company.external_id"]);
 
     // Another tenant may hold the same values: keys are per tenant.
-    let other = CrmTenant::new();
+    let other = CrmTenant::new().await;
     companies()
         .create_company(other.req(create(company("A", &d, "ext-a"))))
         .await
@@ -287,7 +287,7 @@ async fn unique_among_live_rows_and_create_after_delete() {
 
 #[tokio::test]
 async fn create_is_idempotent_by_request_id() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let rid = Uuid::now_v7().to_string();
     let req = CreateCompanyRequest {
         company: Some(company("Once", "", "")),
@@ -317,7 +317,7 @@ async fn create_is_idempotent_by_request_id() {
 
 #[tokio::test]
 async fn bad_input_names_every_field_and_writes_nothing() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let bad = companies()
         .create_company(t.req(create(Company {
             display_name: "  ".into(),
@@ -441,7 +441,7 @@ async fn bad_input_names_every_field_and_writes_nothing() {
 
 #[tokio::test]
 async fn batch_upsert_creates_then_updates_by_external_id() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let batch: Vec<Company> = (0..300)
         .map(|i| {
             company(
@@ -517,8 +517,8 @@ async fn batch_upsert_creates_then_updates_by_external_id() {
 
 #[tokio::test]
 async fn another_tenant_is_not_found_and_unchanged() {
-    let a = CrmTenant::new();
-    let b = CrmTenant::new();
+    let a = CrmTenant::new().await;
+    let b = CrmTenant::new().await;
     let c = companies()
         .create_company(a.req(create(company("Mine", &domain(), "shared-key"))))
         .await
@@ -596,7 +596,7 @@ async fn another_tenant_is_not_found_and_unchanged() {
 
 #[tokio::test]
 async fn viewers_read_members_write() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let e = companies()
         .create_company(t.as_role("viewer", create(company("V", "", ""))))
         .await
@@ -632,7 +632,7 @@ async fn viewers_read_members_write() {
 
 #[tokio::test]
 async fn pages_visit_every_company_once() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let batch: Vec<Company> = (0..55)
         .map(|i| company("P", "", &format!("p{i}")))
         .collect();

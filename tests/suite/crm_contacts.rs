@@ -63,7 +63,7 @@ async fn list(t: &CrmTenant, req: ListContactsRequest) -> Vec<String> {
 
 #[tokio::test]
 async fn create_get_update_delete_undelete() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let co = t.company("Acme").await;
     let e = email("Ada");
     let c = contacts()
@@ -174,7 +174,7 @@ async fn create_get_update_delete_undelete() {
 
 #[tokio::test]
 async fn email_is_unique_among_live_contacts() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let e = email("dup");
     let first = t.contact(&e).await;
     let taken = contacts()
@@ -221,12 +221,12 @@ async fn email_is_unique_among_live_contacts() {
     assert_error(&clash, Code::AlreadyExists, "CONTACT_EMAIL_TAKEN");
 
     // The same email in another tenant is no conflict.
-    CrmTenant::new().contact(&e).await;
+    CrmTenant::new().await.contact(&e).await;
 }
 
 #[tokio::test]
 async fn bad_input_names_the_field_and_writes_nothing() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let cases: Vec<(Contact, &str)> = vec![
         (Contact::default(), "contact.email"),
         (
@@ -322,7 +322,7 @@ async fn bad_input_names_the_field_and_writes_nothing() {
         assert_bad_field(&e, field);
     }
     // An unknown (or another tenant's) company is NOT_FOUND.
-    let foreign = CrmTenant::new().company("Theirs").await;
+    let foreign = CrmTenant::new().await.company("Theirs").await;
     for company_id in [Uuid::now_v7().to_string(), foreign.company_id] {
         let e = contacts()
             .create_contact(t.req(create(Contact {
@@ -388,7 +388,7 @@ async fn bad_input_names_the_field_and_writes_nothing() {
 
 #[tokio::test]
 async fn list_filters_combine() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let acme = t.company("Acme").await;
     let make = |e: &str, name: &str, company: &str, tags: &[&str], tier: &str| Contact {
         email: e.into(),
@@ -498,7 +498,7 @@ async fn list_filters_combine() {
     };
     assert_eq!(list(&t, all).await, ["ada.lovelace@analytical.io"]);
     // Another tenant's data never matches.
-    assert!(list(&CrmTenant::new(), query("ada")).await.is_empty());
+    assert!(list(&CrmTenant::new().await, query("ada")).await.is_empty());
 
     // A page token only works with the filters that made it.
     let page = contacts()
@@ -527,7 +527,7 @@ async fn list_filters_combine() {
 /// every contact present at the start is seen exactly once.
 #[tokio::test]
 async fn paging_is_stable_under_concurrent_inserts() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let mut before = BTreeSet::new();
     for i in 0..120 {
         let e = format!("before-{i}-{}@example.com", t.id.uuid().simple());
@@ -570,7 +570,7 @@ async fn paging_is_stable_under_concurrent_inserts() {
 
 #[tokio::test]
 async fn deleting_a_contact_clears_deal_references_not_deals() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let co = t.company("Acme").await;
     let c = t.contact(&email("buyer")).await;
     let other = t.contact(&email("other")).await;
@@ -631,8 +631,8 @@ async fn deleting_a_contact_clears_deal_references_not_deals() {
 
 #[tokio::test]
 async fn another_tenant_is_not_found_and_unchanged() {
-    let a = CrmTenant::new();
-    let b = CrmTenant::new();
+    let a = CrmTenant::new().await;
+    let b = CrmTenant::new().await;
     let c = a.contact(&email("a")).await;
     let id = c.contact_id.clone();
     let e = contacts()

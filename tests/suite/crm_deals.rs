@@ -39,7 +39,7 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
 
 #[tokio::test]
 async fn create_get_list_update_delete_undelete() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let co = t.company("Acme").await;
     let buyer = t.contact(&email("buyer")).await;
     let d = deals()
@@ -172,7 +172,7 @@ async fn create_get_list_update_delete_undelete() {
 
 #[tokio::test]
 async fn bad_input_names_the_field_and_writes_nothing() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let co = t.company("Acme").await;
     let ok = || deal(&co.company_id, "D", DealStage::Lead, 100, "USD");
     let cases: Vec<(Deal, &str)> = vec![
@@ -305,7 +305,7 @@ async fn bad_input_names_the_field_and_writes_nothing() {
 
 #[tokio::test]
 async fn links_and_unlinks_contacts() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let co = t.company("Acme").await;
     let d = deals()
         .create_deal(t.req(create(deal(&co.company_id, "D", DealStage::Lead, 0, "USD"))))
@@ -345,7 +345,7 @@ async fn links_and_unlinks_contacts() {
     );
 
     // Another tenant's contact, or an unknown one, is NOT_FOUND.
-    let foreign = CrmTenant::new().contact(&email("x")).await;
+    let foreign = CrmTenant::new().await.contact(&email("x")).await;
     for id in [foreign.contact_id, Uuid::now_v7().to_string()] {
         let e = deals()
             .link_deal_contact(t.req(link(&id)))
@@ -379,7 +379,7 @@ async fn links_and_unlinks_contacts() {
 
 #[tokio::test]
 async fn pipeline_summary_counts_and_sums_per_stage_and_currency() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let acme = t.company("Acme").await;
     let globex = t.company("Globex").await;
     let rows = [
@@ -446,7 +446,11 @@ async fn pipeline_summary_counts_and_sums_per_stage_and_currency() {
         .into_inner();
     assert_eq!(one.stages[0].totals, [total("USD", 1_000, 1)]);
     let other = deals()
-        .get_pipeline_summary(CrmTenant::new().req(GetPipelineSummaryRequest::default()))
+        .get_pipeline_summary(
+            CrmTenant::new()
+                .await
+                .req(GetPipelineSummaryRequest::default()),
+        )
         .await
         .unwrap()
         .into_inner();
@@ -455,8 +459,8 @@ async fn pipeline_summary_counts_and_sums_per_stage_and_currency() {
 
 #[tokio::test]
 async fn another_tenant_is_not_found_and_unchanged() {
-    let a = CrmTenant::new();
-    let b = CrmTenant::new();
+    let a = CrmTenant::new().await;
+    let b = CrmTenant::new().await;
     let co = a.company("Acme").await;
     let ca = a.contact(&email("a")).await;
     let d = deals()

@@ -31,7 +31,7 @@ fn messages(rows: Vec<Contact>, per_message: usize) -> Vec<ImportContactsRequest
 
 #[tokio::test]
 async fn ten_thousand_rows_with_a_few_bad_ones() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let company = t.company("Importer").await;
     let mut rows: Vec<Contact> = (0..10_000)
         .map(|i| Contact {
@@ -115,7 +115,7 @@ async fn ten_thousand_rows_with_a_few_bad_ones() {
 
 #[tokio::test]
 async fn later_rows_overwrite_earlier_ones_and_existing_contacts() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let existing = t
         .contact(&format!("old-{}@example.com", t.id.uuid().simple()))
         .await;
@@ -170,7 +170,7 @@ async fn later_rows_overwrite_earlier_ones_and_existing_contacts() {
 
 #[tokio::test]
 async fn an_empty_or_all_bad_import_writes_nothing() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let reply = contacts()
         .import_contacts(t.req(tokio_stream::iter(Vec::new())))
         .await
@@ -208,7 +208,7 @@ async fn an_empty_or_all_bad_import_writes_nothing() {
 /// (1000) is committed, the 500 collected after it never are.
 #[tokio::test]
 async fn a_broken_stream_leaves_no_half_batch() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let call = tokio::spawn({
         let req = t.req(ReceiverStream::new(rx));
@@ -242,7 +242,7 @@ async fn a_broken_stream_leaves_no_half_batch() {
 /// stay, the one being collected does not.
 #[tokio::test]
 async fn an_oversized_message_is_out_of_range() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let big = Contact {
         full_name: "x".repeat(150),
         ..row(&t, 0)

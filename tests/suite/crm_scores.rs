@@ -27,7 +27,7 @@ fn upsert(s: Vec<Score>) -> UpsertScoresRequest {
 
 #[tokio::test]
 async fn upsert_then_get() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let a = t.company("A").await;
     let b = t.company("B").await;
     let first = scores()
@@ -108,7 +108,7 @@ async fn upsert_then_get() {
 
 #[tokio::test]
 async fn bad_input_names_the_entry_and_writes_nothing() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let a = t.company("A").await;
     let ok = || score(&a.company_id, 10, 1_000);
     let cases: Vec<(Score, &str)> = vec![
@@ -182,8 +182,8 @@ async fn bad_input_names_the_entry_and_writes_nothing() {
 
 #[tokio::test]
 async fn another_tenant_is_not_found_and_unchanged() {
-    let a = CrmTenant::new();
-    let b = CrmTenant::new();
+    let a = CrmTenant::new().await;
+    let b = CrmTenant::new().await;
     let co = a.company("A").await;
     let mine = scores()
         .upsert_scores(a.req(upsert(vec![score(&co.company_id, 10, 1_000)])))

@@ -41,7 +41,7 @@ async fn listed(t: &CrmTenant, req: ListSignalsRequest) -> Vec<Signal> {
 
 #[tokio::test]
 async fn duplicates_are_dropped_and_retries_are_harmless() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let co = t.company("Acme").await;
     let batch = vec![
         Signal {
@@ -113,7 +113,7 @@ async fn duplicates_are_dropped_and_retries_are_harmless() {
 /// order: every event is stored exactly once and the counts add up.
 #[tokio::test]
 async fn concurrent_duplicate_batches_store_each_event_once() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let events: Vec<Signal> = (0..300)
         .map(|i| Signal {
             signal_hash: if i % 2 == 0 {
@@ -149,7 +149,7 @@ async fn concurrent_duplicate_batches_store_each_event_once() {
 
 #[tokio::test]
 async fn a_bad_signal_fails_the_whole_batch() {
-    let t = CrmTenant::new();
+    let t = CrmTenant::new().await;
     let cases: Vec<(Signal, &str)> = vec![
         (signal("", "e"), "signals[1].provider"),
         (signal("HubSpot", "e"), "signals[1].provider"),
@@ -207,7 +207,7 @@ async fn a_bad_signal_fails_the_whole_batch() {
         .unwrap_err();
     assert_bad_field(&e, "signals");
     // Another tenant's (or an unknown) company is NOT_FOUND, nothing stored.
-    let foreign = CrmTenant::new().company("Theirs").await;
+    let foreign = CrmTenant::new().await.company("Theirs").await;
     for id in [foreign.company_id, Uuid::now_v7().to_string()] {
         let e = signals()
             .ingest_signals(t.req(ingest(vec![
@@ -239,8 +239,8 @@ async fn a_bad_signal_fails_the_whole_batch() {
 
 #[tokio::test]
 async fn tenants_share_no_keys_and_see_no_signals() {
-    let a = CrmTenant::new();
-    let b = CrmTenant::new();
+    let a = CrmTenant::new().await;
+    let b = CrmTenant::new().await;
     let co = a.company("A's").await;
     let batch = vec![Signal {
         signal_hash: "same".into(),

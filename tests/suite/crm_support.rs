@@ -53,10 +53,11 @@ pub(crate) struct CrmTenant {
 }
 
 impl CrmTenant {
-    pub(crate) fn new() -> Self {
-        app();
+    /// A fresh tenant (made through identity: a tenant that was never
+    /// created is refused by every service).
+    pub(crate) async fn new() -> Self {
         Self {
-            id: TenantId::new(),
+            id: app().new_tenant().await.id,
         }
     }
 

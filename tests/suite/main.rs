@@ -8,6 +8,7 @@
 
 mod harness;
 
+mod access;
 mod auth;
 mod catalog;
 mod crm_activities;

@@ -73,7 +73,7 @@ async fn deal_on(t: &CrmTenant, company_id: &str) -> Deal {
 
 #[tokio::test]
 async fn purges_what_expired_keeps_the_rest_and_other_tenants() {
-    let (a, b) = (CrmTenant::new(), CrmTenant::new());
+    let (a, b) = (CrmTenant::new().await, CrmTenant::new().await);
     // a: a deal and a contact deleted long ago (they go), a company deleted
     // long ago (goes once the deal is gone), a company deleted long ago that a
     // live deal still points at (stays), a contact deleted just now (stays),

@@ -112,9 +112,13 @@ async fn migrate() -> anyhow::Result<()> {
         schema: mosaic_crm::SCHEMA,
         password,
     };
-    let mut conn =
-        mosaic_db::bootstrap::bootstrap(&admin, opts.get_database().unwrap_or("mosaic"), &[login])
-            .await?;
+    let mut conn = mosaic_db::bootstrap::bootstrap(
+        &admin,
+        opts.get_database().unwrap_or("mosaic"),
+        &[login],
+        None,
+    )
+    .await?;
     let applied = mosaic_db::migrate::migrate(&mut conn, &[mosaic_crm::SCHEMA]).await?;
     println!("applied={applied:?}");
     Ok(())

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::access_log::{self, Change};
 use crate::ids::ApiKeyId;
 use crate::members::role_of;
 
@@ -196,6 +197,9 @@ impl ApiKeyService for ApiKeys {
             Some(row) => {
                 tx.audit("api_key.revoke", "api_key", key_id, serde_json::json!({}))
                     .await?;
+                // Tokens exchanged from the key end too.
+                let principal = format!("key:{key_id}");
+                access_log::publish(&mut tx, Change::PrincipalRevoked(&principal)).await?;
                 row
             }
             // Already revoked: revoking again is a no-op that returns the key.

@@ -21,6 +21,7 @@ use mosaic_proto::identity::{
 use mosaic_server::{Deps, PurgeTenant, Service, ServiceModule, add_services};
 use mosaic_tenant::{AuthConfig, TokenSigner};
 
+mod access_log;
 pub mod api_keys;
 pub mod audit;
 pub mod ids;
@@ -56,6 +57,13 @@ pub const SCHEMA: ServiceSchema = ServiceSchema {
 /// Methods callable without a bearer token: the API key is the credential.
 pub const PUBLIC_METHODS: &[&str] = &["/mosaic.identity.v1.TokenService/ExchangeApiKey"];
 
+/// What a deleted tenant's owner can still do: see it, and undelete it.
+pub const ALLOWED_FOR_DELETED_TENANTS: &[&str] = &[
+    "/mosaic.identity.v1.TenantService/GetTenant",
+    "/mosaic.identity.v1.TenantService/DeleteTenant",
+    "/mosaic.identity.v1.TenantService/UndeleteTenant",
+];
+
 /// `MOSAIC_TOKEN_TTL_SECS`: lifetime of exchanged tokens (default 900).
 pub const TOKEN_TTL_SECS: &str = "MOSAIC_TOKEN_TTL_SECS";
 
@@ -84,6 +92,10 @@ impl ServiceModule for Identity {
 
     fn public_methods(&self) -> &'static [&'static str] {
         PUBLIC_METHODS
+    }
+
+    fn allowed_for_deleted_tenants(&self) -> &'static [&'static str] {
+        ALLOWED_FOR_DELETED_TENANTS
     }
 
     fn build(&self, deps: &Deps) -> Result<Service, StartupError> {

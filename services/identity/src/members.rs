@@ -16,6 +16,7 @@ use mosaic_proto::identity::{
 use mosaic_tenant::Role;
 use tonic::{Request, Response, Status};
 
+use crate::access_log::{self, Change};
 use crate::ids::UserId;
 
 pub(crate) mod storage;
@@ -203,6 +204,11 @@ impl MemberService for Members {
                             ensure_other_owner(tx).await?;
                         }
                     }
+                    if role.is_some_and(|to| from.is_some_and(|from| to < from)) {
+                        // A lowered role: tokens issued with the old one end.
+                        let principal = format!("user:{user_id}");
+                        access_log::publish(tx, Change::PrincipalRevoked(&principal)).await?;
+                    }
                     let role: &str = match role {
                         Some(role) => role.as_str(),
                         None => &current.role,
@@ -238,6 +244,8 @@ impl MemberService for Members {
             ensure_other_owner(&mut tx).await?;
         }
         storage::delete(&mut tx, user_id).await?;
+        let principal = format!("user:{user_id}");
+        access_log::publish(&mut tx, Change::PrincipalRevoked(&principal)).await?;
         tx.audit(
             "member.remove",
             "member",

@@ -36,12 +36,25 @@ pub async fn tenant_ids(
     Ok(ids)
 }
 
-/// Forgets `tenant`'s `request_id` claims older than the retention; returns how many.
-pub async fn purge_tenant(db: &Database, tenant: TenantId, now: DateTime<Utc>) -> ApiResult<u64> {
+/// Forgets `tenant`'s `request_id` claims, and its access changes, older
+/// than [`REQUEST_RETENTION`] (far longer than any token lives, the only
+/// thing an access change is for); returns how many of each.
+pub async fn purge_tenant(
+    db: &Database,
+    tenant: TenantId,
+    now: DateTime<Utc>,
+) -> ApiResult<(u64, u64)> {
     let mut tx = db.begin(&TenantContext::system(tenant, "purge")).await?;
-    let expired = tx.expire_requests(now - REQUEST_RETENTION).await?;
+    let requests = tx.expire_requests(now - REQUEST_RETENTION).await?;
+    let changes = sqlx::query("DELETE FROM access_changes WHERE tenant_id = $1 AND at < $2")
+        .bind(tenant)
+        .bind(now - REQUEST_RETENTION)
+        .execute(tx.conn())
+        .await
+        .map_err(db_error)?
+        .rows_affected();
     tx.commit().await?;
-    Ok(expired)
+    Ok((requests, changes))
 }
 
 /// identity's part of `mosaic purge`.
@@ -69,10 +82,8 @@ impl PurgeTenant for Purge {
         now: DateTime<Utc>,
     ) -> BoxFuture<'_, ApiResult<Vec<(&'static str, u64)>>> {
         Box::pin(async move {
-            Ok(vec![(
-                "request_ids",
-                purge_tenant(&self.db, tenant, now).await?,
-            )])
+            let (requests, changes) = purge_tenant(&self.db, tenant, now).await?;
+            Ok(vec![("request_ids", requests), ("access_changes", changes)])
         })
     }
 }

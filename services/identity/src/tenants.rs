@@ -20,6 +20,8 @@ use tonic::{Request, Response, Status};
 
 pub(crate) mod storage;
 
+use crate::access_log::{self, Change};
+
 /// The idempotency scope of platform operations that precede any tenant.
 pub const PLATFORM_SCOPE: TenantId = TenantId::nil();
 const MAX_SETTINGS_BYTES: usize = 16 * 1024;
@@ -91,6 +93,31 @@ impl Tenants {
         Self { db }
     }
 
+    /// Soft delete or undelete, with its audit event and, so that every
+    /// service refuses or accepts the tenant's tokens again, its access change.
+    async fn set_deleted(
+        &self,
+        ctx: &TenantContext,
+        expected: Option<i64>,
+        deleted: bool,
+    ) -> ApiResult<storage::TenantRow> {
+        let mut tx = self.db.begin(ctx).await?;
+        let id = tx.tenant_id();
+        let (row, changed) = RESOURCE.set_deleted(&mut tx, id, expected, deleted).await?;
+        if changed {
+            let (action, change) = if deleted {
+                ("tenant.delete", Change::TenantDeleted)
+            } else {
+                ("tenant.undelete", Change::TenantRestored)
+            };
+            tx.audit(action, "tenant", id, serde_json::json!({}))
+                .await?;
+            access_log::publish(&mut tx, change).await?;
+        }
+        tx.commit().await?;
+        Ok(row)
+    }
+
     /// The context for acting on the tenant named in a request: the caller's
     /// own, or any for platform admins; another tenant is NOT_FOUND.
     fn scope(ctx: &TenantContext, field: &str, raw: &str, min: Role) -> ApiResult<TenantContext> {
@@ -136,6 +163,7 @@ impl TenantService for Tenants {
                 let tenant_id = TenantId::new();
                 tx.switch_tenant(tenant_id).await?;
                 let row = storage::insert(tx, tenant_id, &new).await?;
+                access_log::publish(tx, Change::TenantCreated).await?;
                 let owner = crate::members::storage::resolve_user(tx, &owner_email).await?;
                 crate::members::storage::insert(tx, owner, Role::Owner, &owner_name).await?;
                 let plan = new.plan.stored_name();
@@ -241,9 +269,7 @@ impl TenantService for Tenants {
         let request = req.get_ref();
         let scoped = Self::scope(&ctx, "tenant_id", &request.tenant_id, Role::Owner)?;
         let expected = etag::parse("etag", &request.etag)?;
-        let row: storage::TenantRow = RESOURCE
-            .delete_or_undelete(&self.db, &scoped, scoped.tenant_id()?, expected, true)
-            .await?;
+        let row = self.set_deleted(&scoped, expected, true).await?;
         Ok(Response::new(row.into_proto()))
     }
 
@@ -253,9 +279,7 @@ impl TenantService for Tenants {
     ) -> Result<Response<Tenant>, Status> {
         let ctx = TenantContext::of(&req)?;
         let scoped = Self::scope(&ctx, "tenant_id", &req.get_ref().tenant_id, Role::Owner)?;
-        let row: storage::TenantRow = RESOURCE
-            .delete_or_undelete(&self.db, &scoped, scoped.tenant_id()?, None, false)
-            .await?;
+        let row = self.set_deleted(&scoped, None, false).await?;
         Ok(Response::new(row.into_proto()))
     }
 }

@@ -90,6 +90,11 @@ impl ApiError {
         Self::new(Code::PermissionDenied, "PERMISSION_DENIED", message)
     }
 
+    /// PERMISSION_DENIED with a reason of its own (`TENANT_INACTIVE`).
+    pub fn permission_denied_with(reason: &str, message: impl Into<String>) -> Self {
+        Self::new(Code::PermissionDenied, reason, message)
+    }
+
     /// RESOURCE_EXHAUSTED with a retry delay (`google.rpc.RetryInfo`).
     pub fn resource_exhausted(reason: &str, retry_after: Duration) -> Self {
         let mut e = Self::new(

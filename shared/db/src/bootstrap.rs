@@ -7,6 +7,9 @@
 //!   short statement and idle-in-transaction timeouts.
 //! - Extra NOLOGIN roles a runtime role may `SET ROLE` to (identity's platform
 //!   role); NOINHERIT means their rights apply only after that explicit switch.
+//! - [`ACCESS_ROLE`], the login every process reads tenant states and
+//!   revocations with (see [`crate::access`]); identity's migration grants it
+//!   exactly what it may read.
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
@@ -14,6 +17,8 @@ use sqlx::{ConnectOptions, Connection, PgConnection};
 use crate::migrate::ServiceSchema;
 
 pub const OWNER_ROLE: &str = "mosaic_owner";
+/// The access reader's login role.
+pub const ACCESS_ROLE: &str = "mosaic_access";
 const LOCK_KEY: i64 = 0x6d6f_7361_6963_0001;
 
 /// A runtime role's login, taken from the service's own database URL so the
@@ -25,10 +30,12 @@ pub struct RuntimeLogin {
 }
 
 /// Makes roles, the database and schemas; returns a connection to the database.
+/// `access_password` is the access reader's (from its URL), if it has one.
 pub async fn bootstrap(
     admin_url: &str,
     database: &str,
     logins: &[RuntimeLogin],
+    access_password: Option<&str>,
 ) -> Result<PgConnection, sqlx::Error> {
     let admin: PgConnectOptions = admin_url.parse()?;
     let mut conn = admin.connect().await?;
@@ -36,7 +43,7 @@ pub async fn bootstrap(
         .bind(LOCK_KEY)
         .execute(&mut conn)
         .await?;
-    let result = cluster_objects(&mut conn, database, logins).await;
+    let result = cluster_objects(&mut conn, database, logins, access_password).await;
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(LOCK_KEY)
         .execute(&mut conn)
@@ -81,7 +88,9 @@ async fn cluster_objects(
     conn: &mut PgConnection,
     database: &str,
     logins: &[RuntimeLogin],
+    access_password: Option<&str>,
 ) -> Result<(), sqlx::Error> {
+    access_role(conn, access_password).await?;
     if !role_exists(conn, OWNER_ROLE).await? {
         ddl(
             conn,
@@ -172,6 +181,39 @@ async fn cluster_objects(
     Ok(())
 }
 
+/// The access reader: a login with no rights of its own beyond what the
+/// migrations grant it (SELECT on identity's published access state).
+async fn access_role(conn: &mut PgConnection, password: Option<&str>) -> Result<(), sqlx::Error> {
+    if !role_exists(conn, ACCESS_ROLE).await? {
+        ddl(
+            conn,
+            "SELECT format('CREATE ROLE %I LOGIN', $1::text)",
+            &[ACCESS_ROLE],
+        )
+        .await?;
+    }
+    ddl(
+        conn,
+        "SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION NOINHERIT', $1::text)",
+        &[ACCESS_ROLE],
+    )
+    .await?;
+    if let Some(password) = password {
+        ddl(
+            conn,
+            "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)",
+            &[ACCESS_ROLE, password],
+        )
+        .await?;
+    }
+    ddl(
+        conn,
+        "SELECT format('ALTER ROLE %I SET statement_timeout = %L', $1::text, '5s')",
+        &[ACCESS_ROLE],
+    )
+    .await
+}
+
 async fn database_objects(
     conn: &mut PgConnection,
     database: &str,
@@ -186,6 +228,12 @@ async fn database_objects(
     sqlx::raw_sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         .execute(&mut *conn)
         .await?;
+    ddl(
+        conn,
+        "SELECT format('GRANT CONNECT ON DATABASE %I TO %I', $1::text, $2::text)",
+        &[database, ACCESS_ROLE],
+    )
+    .await?;
     for login in logins {
         let (schema, role) = (login.schema.name, login.schema.role);
         ddl(

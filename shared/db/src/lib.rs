@@ -7,6 +7,8 @@
 //! public way to get a bare pool connection; the named exceptions are the
 //! migrator ([`migrate`], [`bootstrap`]) and [`Database::begin_platform`].
 //!
+//! - [`access`]: [`access::AccessView`], tenant states and revocations
+//!   published by identity, checked on every call.
 //! - [`config`]: pool settings from the environment.
 //! - [`pool`]: [`Database`] and [`TenantTx`].
 //! - [`error`]: SQLSTATE → [`mosaic_api::ApiError`].
@@ -17,6 +19,7 @@
 //! - [`migrate`]: ordered, checksummed, lock-protected per-schema migrations.
 //! - [`bootstrap`]: the owner role, one runtime role per service, schemas, grants.
 
+pub mod access;
 pub mod audit;
 pub mod bootstrap;
 pub mod config;

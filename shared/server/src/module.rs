@@ -51,6 +51,12 @@ pub trait ServiceModule: Send + Sync + 'static {
         &[]
     }
 
+    /// Full method paths a token of a deleted tenant may still call (every
+    /// other method refuses it: `mosaic_db::access`).
+    fn allowed_for_deleted_tenants(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// The running service: its gRPC services and extra probes. Called once
     /// per process; nothing may block or connect here (connections are lazy,
     /// so a process starts while its stores are down and reports NOT_SERVING).

@@ -11,10 +11,11 @@
 //! `shutdown_timeout`, their connections are closed and `serve` returns anyway.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use mosaic_cache::{RateLimitLayer, RateLimiter};
 use mosaic_core::{Context as _, Metrics, StartupError};
-use mosaic_tenant::{AuthLayer, TokenVerifier};
+use mosaic_tenant::{AccessPolicy, AuthLayer, TokenVerifier};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -65,6 +66,9 @@ pub struct ServeOptions {
     pub stop: Shutdown,
     /// Per-tenant request rate limit, checked after authentication (fails open).
     pub rate_limiter: RateLimiter,
+    /// Decisions made after a token was issued (deleted tenants, revocations),
+    /// checked after its signature.
+    pub access: Option<Arc<dyn AccessPolicy>>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -91,6 +95,7 @@ impl ServeOptions {
             metrics_listener: None,
             stop: Shutdown::new(),
             rate_limiter: RateLimiter::disabled(),
+            access: None,
         }
     }
 }
@@ -117,6 +122,7 @@ pub async fn serve(
         metrics_listener,
         stop,
         rate_limiter,
+        access,
     } = opts;
     let grpc_addr = listener
         .local_addr()
@@ -170,7 +176,10 @@ pub async fn serve(
     let force_close = CancellationToken::new();
     let server = Server::builder()
         .layer(MetricsLayer::new(calls, methods))
-        .layer(AuthLayer::new(verifier, public))
+        .layer(match access {
+            Some(access) => AuthLayer::new(verifier, public).with_access(access),
+            None => AuthLayer::new(verifier, public),
+        })
         .layer(RateLimitLayer::new(rate_limiter))
         .add_routes(routes)
         .serve_with_incoming_shutdown(

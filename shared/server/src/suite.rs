@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use mosaic_cache::{RateLimitConfig, RateLimiter};
 use mosaic_core::{ConfigError, Context as _, Env, Metrics, Probe, StartupError};
+use mosaic_db::access::AccessView;
 use mosaic_db::bootstrap::RuntimeLogin;
 use mosaic_db::{Database, DbConfig, ServiceSchema};
 use mosaic_tenant::{TokenSettings, TokenVerifier};
@@ -29,6 +30,12 @@ use crate::module::{Deps, ServiceModule};
 use crate::serve::{ServeOptions, serve};
 use crate::shutdown::{Shutdown, sigterm_or_ctrl_c};
 use crate::telemetry::init_logging;
+
+/// The access reader's settings: `MOSAIC_ACCESS_DATABASE_URL` (default
+/// the local `mosaic_access` login) and the pool settings.
+pub const ACCESS_LOGIN: &str = "access";
+/// `MOSAIC_ACCESS_POLL_MS`: how often the access log is read (default 1000).
+pub const ACCESS_POLL_MS: &str = "MOSAIC_ACCESS_POLL_MS";
 
 /// `MOSAIC_PAGE_TOKEN_KEYS`: comma-separated HMAC keys of page tokens (at
 /// least 32 characters each); the first signs, all verify (rotation).
@@ -99,6 +106,24 @@ pub async fn run(
     })?;
     let rate_limiter = RateLimiter::new(RateLimitConfig::from_env(env)?)?;
     let metrics = Metrics::new();
+    let allowed_when_deleted: Vec<String> = modules
+        .iter()
+        .flat_map(|module| module.allowed_for_deleted_tenants().iter())
+        .map(|method| (*method).to_owned())
+        .collect();
+    let access_config = DbConfig::from_env(env, ACCESS_LOGIN)?;
+    let access = Arc::new(
+        AccessView::connect_lazy(
+            &access_config,
+            tokens.verify.max_lifetime,
+            allowed_when_deleted,
+        )
+        .context(format_args!(
+            "the access database url {}",
+            access_config.url
+        ))?,
+    );
+    let poll = env.millis(ACCESS_POLL_MS, 1000)?;
 
     let mut routes = RoutesBuilder::default();
     let mut groups = Vec::new();
@@ -136,6 +161,10 @@ pub async fn run(
         public.extend(module.public_methods().iter().map(|m| (*m).to_owned()));
     }
 
+    tasks.push((
+        "access log",
+        Box::pin(access.clone().run(poll, stop.cancelled())),
+    ));
     let running: Vec<_> = tasks
         .into_iter()
         .map(|(name, task)| (name, tokio::spawn(task)))
@@ -145,6 +174,7 @@ pub async fn run(
         health: Health::new(groups),
         stop: stop.clone(),
         rate_limiter,
+        access: Some(access.clone()),
         ..ServeOptions::new(config, verifier, metrics)
     };
     let result = serve(listener, routes.routes(), opts, shutdown).await;
@@ -160,6 +190,7 @@ pub async fn run(
     for pool in pools {
         pool.close().await;
     }
+    access.close().await;
     result
 }
 
@@ -223,9 +254,16 @@ pub async fn migrate(
         schemas.push(schema);
     }
     let database = database.unwrap_or_else(|| "mosaic".to_owned());
-    let mut conn = mosaic_db::bootstrap::bootstrap(admin.expose(), &database, &logins)
-        .await
-        .context(format_args!("bootstrapping roles and schemas as {admin}"))?;
+    let access = DbConfig::from_env(env, ACCESS_LOGIN)?;
+    let access_password = password_of(access.url.expose());
+    let mut conn = mosaic_db::bootstrap::bootstrap(
+        admin.expose(),
+        &database,
+        &logins,
+        access_password.as_deref(),
+    )
+    .await
+    .context(format_args!("bootstrapping roles and schemas as {admin}"))?;
     mosaic_db::migrate::migrate(&mut conn, &schemas)
         .await
         .context("migrating")

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::context::TenantContext;
-use crate::token::TokenVerifier;
+use crate::token::{Claims, TokenVerifier};
 use crate::trace;
 
 const REQUEST_ID: &str = "x-request-id";
@@ -41,6 +41,19 @@ pub struct CallMeta {
 pub struct AuthLayer {
     verifier: TokenVerifier,
     public_prefixes: Arc<[String]>,
+    access: Option<Arc<dyn AccessPolicy>>,
+}
+
+/// What a verified token may still not do: the access decisions made after
+/// it was issued (a deleted tenant, a revoked key, a removed member). Checked
+/// after the signature, before the handler; see `mosaic_db::access`.
+pub trait AccessPolicy: Send + Sync + 'static {
+    /// `Ok` when the token's principal may call `method` now.
+    fn check<'a>(
+        &'a self,
+        claims: &'a Claims,
+        method: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + 'a>>;
 }
 
 impl std::fmt::Debug for AuthLayer {
@@ -58,7 +71,14 @@ impl AuthLayer {
         Self {
             verifier,
             public_prefixes: public.into_iter().collect(),
+            access: None,
         }
+    }
+
+    /// Also checks every verified token against `access`.
+    pub fn with_access(mut self, access: Arc<dyn AccessPolicy>) -> Self {
+        self.access = Some(access);
+        self
     }
 
     fn is_public(&self, path: &str) -> bool {
@@ -128,12 +148,16 @@ where
             tenant: None,
             principal: None,
         };
+        let mut access = None;
         if !self.layer.is_public(req.uri().path()) {
             match self.authenticate(headers, request_id.clone(), traceparent, deadline) {
-                Ok(ctx) => {
+                Ok((ctx, claims)) => {
                     meta.tenant = ctx.tenant();
                     meta.principal = Some(ctx.principal().to_owned());
                     req.extensions_mut().insert(ctx);
+                    if let Some(policy) = &self.layer.access {
+                        access = Some((policy.clone(), claims, req.uri().path().to_owned()));
+                    }
                 }
                 Err(e) => {
                     let mut resp = tonic::Status::from(e).into_http::<RB>();
@@ -151,6 +175,13 @@ where
         );
         Box::pin(
             async move {
+                if let Some((policy, claims, method)) = access
+                    && let Err(e) = policy.check(&claims, &method).await
+                {
+                    let mut resp = tonic::Status::from(e).into_http::<RB>();
+                    finish(&mut resp, meta);
+                    return Ok(resp);
+                }
                 let mut resp = inner.call(req).await?;
                 finish(&mut resp, meta);
                 Ok(resp)
@@ -167,7 +198,7 @@ impl<S> Auth<S> {
         request_id: String,
         traceparent: String,
         deadline: Option<Instant>,
-    ) -> Result<TenantContext, ApiError> {
+    ) -> Result<(TenantContext, Arc<Claims>), ApiError> {
         let missing = || {
             ApiError::unauthenticated("TOKEN_MISSING", "authorization: Bearer <token> is required")
         };
@@ -197,7 +228,7 @@ impl<S> Auth<S> {
                 "the token carries no tenant",
             ));
         }
-        Ok(TenantContext::new(
+        let ctx = TenantContext::new(
             claims.tid,
             claims.sub.clone(),
             claims.role(),
@@ -207,7 +238,8 @@ impl<S> Auth<S> {
             traceparent,
             token.to_owned(),
             deadline,
-        ))
+        );
+        Ok((ctx, claims))
     }
 }
 

@@ -22,7 +22,7 @@ mod trace;
 
 pub use client::peer_error;
 pub use context::{Role, TenantContext};
-pub use layer::{AuthLayer, CallMeta};
+pub use layer::{AccessPolicy, AuthLayer, CallMeta};
 pub use propagation::Propagate;
 pub use token::{
     AuthConfig, Claims, KeyError, KeyMaterial, TokenSettings, TokenSigner, TokenVerifier,
