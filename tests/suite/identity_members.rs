@@ -299,7 +299,7 @@ async fn the_last_owner_stays() {
 }
 
 #[tokio::test]
-async fn users_are_global_but_seen_only_through_membership() {
+async fn users_are_global_but_seen_only_through_membership_ids() {
     let a = app().new_tenant().await;
     let b = app().new_tenant().await;
     let e = email();
@@ -313,8 +313,31 @@ async fn users_are_global_but_seen_only_through_membership() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(in_a.user_id, in_b.user_id, "one user, two memberships");
+    // One user, two memberships, two unrelated ids: B learns nothing of A's
+    // member (its id, or when the user's account was made) from its own.
+    assert_ne!(in_a.user_id, in_b.user_id, "a member id per tenant");
+    assert_eq!(in_a.email, in_b.email);
     assert_eq!(in_b.role, Role::Viewer as i32);
+    let mut db = app().admin_db().await;
+    let global: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT user_id FROM identity.memberships WHERE member_id = ANY($1::uuid[])",
+    )
+    .bind(vec![
+        in_a.user_id.parse::<uuid::Uuid>().unwrap(),
+        in_b.user_id.parse::<uuid::Uuid>().unwrap(),
+    ])
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(global.len(), 2);
+    assert_eq!(global[0], global[1], "one global user behind both");
+    for member in [&in_a.user_id, &in_b.user_id] {
+        assert_ne!(
+            member,
+            &global[0].to_string(),
+            "the global id never leaves identity"
+        );
+    }
 
     // B cannot read, change or remove A's members by id.
     let a_owner = a.owner.to_string();

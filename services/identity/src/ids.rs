@@ -6,6 +6,12 @@ mosaic_core::define_id! {
 }
 
 mosaic_core::define_id! {
+    /// A member: one user's membership of one tenant. What the tenant knows
+    /// the user by (the `user_id` of `Member` and `user:<id>` principals).
+    pub struct MemberId;
+}
+
+mosaic_core::define_id! {
     /// An API key.
     pub struct ApiKeyId;
 }

@@ -17,21 +17,23 @@ use mosaic_tenant::Role;
 use tonic::{Request, Response, Status};
 
 use crate::access_log::{self, Change};
-use crate::ids::UserId;
+use crate::ids::MemberId;
 
 pub(crate) mod storage;
 
 const MAX_NAME: usize = 200;
 
-/// Memberships have no soft delete: RemoveMember deletes the row.
-pub(crate) const RESOURCE: Resource<UserId> = Resource {
+/// Memberships have no soft delete: RemoveMember deletes the row. A member is
+/// named by its member id (the `user_id` field of the API), never by the
+/// global user id.
+pub(crate) const RESOURCE: Resource<MemberId> = Resource {
     kind: Kind {
         name: "member",
         not_found: "MEMBER_NOT_FOUND",
         deleted: "MEMBER_DELETED",
     },
     table: "memberships",
-    id_column: "user_id",
+    id_column: "member_id",
     select: storage::SELECT,
     constraints: &[],
     id: PhantomData,
@@ -98,19 +100,19 @@ impl MemberService for Members {
             request_id,
             &request,
             async |tx| {
-                let user_id = storage::resolve_user(tx, &email).await?;
-                if !storage::insert(tx, user_id, role, &display_name).await? {
+                let user = storage::resolve_user(tx, &email).await?;
+                let Some(member_id) = storage::insert(tx, user, role, &display_name).await? else {
                     return Err(ApiError::already_exists(
                         "MEMBER_EXISTS",
                         "email",
                         "this user is already a member",
                     ));
-                }
-                let member: storage::MemberRow = RESOURCE.get_for_update(tx, user_id).await?;
+                };
+                let member: storage::MemberRow = RESOURCE.get_for_update(tx, member_id).await?;
                 tx.audit(
                     "member.add",
                     "member",
-                    user_id,
+                    member_id,
                     serde_json::json!({ "role": role.as_str() }),
                 )
                 .await?;
@@ -124,8 +126,8 @@ impl MemberService for Members {
     async fn get_member(&self, req: Request<GetMemberRequest>) -> Result<Response<Member>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
-        let user_id = parse::id("user_id", &req.get_ref().user_id)?;
-        let row: storage::MemberRow = RESOURCE.read(&self.db, &ctx, user_id).await?;
+        let member_id: MemberId = parse::id("user_id", &req.get_ref().user_id)?;
+        let row: storage::MemberRow = RESOURCE.read(&self.db, &ctx, member_id).await?;
         Ok(Response::new(row.into_proto()))
     }
 
@@ -141,7 +143,7 @@ impl MemberService for Members {
             .with(request.role);
         let (size, after, role) = (
             parse::page_size("page_size", request.page_size),
-            page::decode::<UserId>(&binding, &request.page_token),
+            page::decode::<MemberId>(&binding, &request.page_token),
             parse::enum_or::<PbRole>("role", request.role, PbRole::Unspecified),
         )
             .all_ok()?;
@@ -152,7 +154,7 @@ impl MemberService for Members {
             rows,
             size,
             &binding,
-            |member| member.user_id,
+            |member| member.member_id,
             storage::MemberRow::into_proto,
         );
         Ok(Response::new(ListMembersResponse {
@@ -170,7 +172,7 @@ impl MemberService for Members {
         let request = req.into_inner();
         let member = request.member.unwrap_or_default();
         let mask = UpdateMask::parse(request.update_mask.as_ref(), &["role", "display_name"])?;
-        let (user_id, role, display_name, expected) = (
+        let (member_id, role, display_name, expected): (MemberId, _, _, _) = (
             parse::id("member.user_id", &member.user_id),
             masked(mask.contains("role"), || {
                 parse_role("member.role", member.role)
@@ -193,7 +195,7 @@ impl MemberService for Members {
         let row = RESOURCE
             .update_in(
                 &mut tx,
-                user_id,
+                member_id,
                 expected,
                 details,
                 async |tx, current: storage::MemberRow| {
@@ -206,7 +208,7 @@ impl MemberService for Members {
                     }
                     if role.is_some_and(|to| from.is_some_and(|from| to < from)) {
                         // A lowered role: tokens issued with the old one end.
-                        let principal = format!("user:{user_id}");
+                        let principal = format!("user:{member_id}");
                         access_log::publish(tx, Change::PrincipalRevoked(&principal)).await?;
                     }
                     let role: &str = match role {
@@ -214,7 +216,7 @@ impl MemberService for Members {
                         None => &current.role,
                     };
                     let display_name = display_name.as_deref().unwrap_or(&current.display_name);
-                    storage::update(tx, user_id, role, display_name).await
+                    storage::update(tx, member_id, role, display_name).await
                 },
             )
             .await?;
@@ -229,27 +231,27 @@ impl MemberService for Members {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Admin)?;
         let request = req.get_ref();
-        let (user_id, expected) = (
+        let (member_id, expected): (MemberId, _) = (
             parse::id("user_id", &request.user_id),
             etag::parse("etag", &request.etag),
         )
             .all_ok()?;
         let mut tx = self.db.begin(&ctx).await?;
         storage::lock_tenant(&mut tx).await?;
-        let current: storage::MemberRow = RESOURCE.get_for_update(&mut tx, user_id).await?;
+        let current: storage::MemberRow = RESOURCE.get_for_update(&mut tx, member_id).await?;
         RESOURCE.kind.check_etag(current.meta.revision, expected)?;
         let from = Role::parse(&current.role);
         require_for_role_change(&ctx, from, None)?;
         if from == Some(Role::Owner) {
             ensure_other_owner(&mut tx).await?;
         }
-        storage::delete(&mut tx, user_id).await?;
-        let principal = format!("user:{user_id}");
+        storage::delete(&mut tx, member_id).await?;
+        let principal = format!("user:{member_id}");
         access_log::publish(&mut tx, Change::PrincipalRevoked(&principal)).await?;
         tx.audit(
             "member.remove",
             "member",
-            user_id,
+            member_id,
             serde_json::json!({ "role": current.role }),
         )
         .await?;

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 
 use mosaic_api::page::{self, PageBinding};
 use mosaic_api::rules::{Kind, masked};
-use mosaic_api::{AllOk, ApiResult, etag, mask::UpdateMask, parse};
+use mosaic_api::{AllOk, ApiError, ApiResult, etag, mask::UpdateMask, parse};
 use mosaic_core::TenantId;
 use mosaic_db::{Database, Resource, TenantContext, create_once};
 use mosaic_proto::StoredEnum;
@@ -164,8 +164,10 @@ impl TenantService for Tenants {
                 tx.switch_tenant(tenant_id).await?;
                 let row = storage::insert(tx, tenant_id, &new).await?;
                 access_log::publish(tx, Change::TenantCreated).await?;
-                let owner = crate::members::storage::resolve_user(tx, &owner_email).await?;
-                crate::members::storage::insert(tx, owner, Role::Owner, &owner_name).await?;
+                let user = crate::members::storage::resolve_user(tx, &owner_email).await?;
+                let owner = crate::members::storage::insert(tx, user, Role::Owner, &owner_name)
+                    .await?
+                    .ok_or_else(|| ApiError::internal("a new tenant already had a member"))?;
                 let plan = new.plan.stored_name();
                 tx.audit(
                     "tenant.create",

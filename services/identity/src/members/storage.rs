@@ -8,12 +8,12 @@ use mosaic_proto::identity::Member;
 use mosaic_tenant::Role;
 use uuid::Uuid;
 
-use crate::ids::UserId;
+use crate::ids::{MemberId, UserId};
 
 /// Select list over the alias `t` (a membership). The email comes from the
-/// global user, which RLS shows only through a membership of this tenant;
-/// memberships have no soft delete.
-pub(crate) const SELECT: &str = "t.tenant_id, t.user_id, \
+/// global user, which RLS shows only through a membership of this tenant
+/// (its id never leaves identity); memberships have no soft delete.
+pub(crate) const SELECT: &str = "t.tenant_id, t.member_id, \
      (SELECT u.email FROM users u WHERE u.user_id = t.user_id) AS email, \
      t.display_name, t.role, t.revision, t.created_at, t.updated_at, \
      NULL::timestamptz AS deleted_at";
@@ -21,7 +21,7 @@ pub(crate) const SELECT: &str = "t.tenant_id, t.user_id, \
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct MemberRow {
     pub(crate) tenant_id: TenantId,
-    pub(crate) user_id: UserId,
+    pub(crate) member_id: MemberId,
     pub(crate) email: String,
     pub(crate) display_name: String,
     pub(crate) role: String,
@@ -38,7 +38,7 @@ impl HasMeta for MemberRow {
 impl MemberRow {
     pub(crate) fn into_proto(self) -> Member {
         Member {
-            user_id: self.user_id.to_string(),
+            user_id: self.member_id.to_string(),
             tenant_id: self.tenant_id.to_string(),
             email: self.email,
             display_name: self.display_name,
@@ -62,40 +62,40 @@ pub(crate) async fn resolve_user(tx: &mut TenantTx, email: &str) -> ApiResult<Us
         .ok_or_else(|| ApiError::internal("resolve_user returned no id"))
 }
 
-/// False when the user is already a member.
+/// The new member's id; `None` when the user is already a member.
 pub(crate) async fn insert(
     tx: &mut TenantTx,
     user_id: UserId,
     role: Role,
     display_name: &str,
-) -> ApiResult<bool> {
+) -> ApiResult<Option<MemberId>> {
     let tenant = tx.tenant_id();
-    let inserted = sqlx::query(
-        "INSERT INTO memberships (tenant_id, user_id, role, display_name) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (tenant_id, user_id) DO NOTHING",
+    sqlx::query_scalar(
+        "INSERT INTO memberships (tenant_id, user_id, member_id, role, display_name) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (tenant_id, user_id) DO NOTHING RETURNING member_id",
     )
     .bind(tenant)
     .bind(user_id)
+    .bind(MemberId::new())
     .bind(role.as_str())
     .bind(display_name)
-    .execute(tx.conn())
+    .fetch_optional(tx.conn())
     .await
-    .map_err(db_error)?
-    .rows_affected();
-    Ok(inserted == 1)
+    .map_err(db_error)
 }
 
 pub(crate) async fn list(
     tx: &mut TenantTx,
-    after: Option<UserId>,
+    after: Option<MemberId>,
     role: Option<Role>,
     size: u32,
 ) -> ApiResult<Vec<MemberRow>> {
     let tenant = tx.tenant_id();
     sqlx::query_as(&format!(
         "SELECT {SELECT} FROM memberships t WHERE t.tenant_id = $1 \
-         AND ($2::uuid IS NULL OR t.user_id > $2) AND ($3::text IS NULL OR t.role = $3) \
-         ORDER BY t.user_id LIMIT $4"
+         AND ($2::uuid IS NULL OR t.member_id > $2) AND ($3::text IS NULL OR t.role = $3) \
+         ORDER BY t.member_id LIMIT $4"
     ))
     .bind(tenant)
     .bind(after)
@@ -129,7 +129,7 @@ pub(crate) async fn count_owners(tx: &mut TenantTx) -> ApiResult<i64> {
 /// Writes the role and display name of a membership the caller locked.
 pub(crate) async fn update(
     tx: &mut TenantTx,
-    user_id: UserId,
+    member: MemberId,
     role: &str,
     display_name: &str,
 ) -> ApiResult<MemberRow> {
@@ -137,10 +137,10 @@ pub(crate) async fn update(
     sqlx::query_as(&format!(
         "UPDATE memberships AS t SET role = $3, display_name = $4, \
          revision = t.revision + 1, updated_at = now() \
-         WHERE t.tenant_id = $1 AND t.user_id = $2 RETURNING {SELECT}"
+         WHERE t.tenant_id = $1 AND t.member_id = $2 RETURNING {SELECT}"
     ))
     .bind(tenant)
-    .bind(user_id)
+    .bind(member)
     .bind(role)
     .bind(display_name)
     .fetch_optional(tx.conn())
@@ -149,11 +149,11 @@ pub(crate) async fn update(
     .ok_or_else(|| super::RESOURCE.not_found())
 }
 
-pub(crate) async fn delete(tx: &mut TenantTx, user_id: UserId) -> ApiResult<()> {
+pub(crate) async fn delete(tx: &mut TenantTx, member: MemberId) -> ApiResult<()> {
     let tenant = tx.tenant_id();
-    sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2")
+    sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND member_id = $2")
         .bind(tenant)
-        .bind(user_id)
+        .bind(member)
         .execute(tx.conn())
         .await
         .map_err(db_error)?;
