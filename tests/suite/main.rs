@@ -28,4 +28,5 @@ mod propagation;
 mod purge;
 mod rate_limit;
 mod read_lane;
+mod roles;
 mod shutdown;

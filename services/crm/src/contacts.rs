@@ -13,6 +13,7 @@ use mosaic_proto::crm::{
     ImportContactsResponse, ListContactsRequest, ListContactsResponse, UndeleteContactRequest,
     UpdateContactRequest, contact_service_server::ContactService,
 };
+use mosaic_server::ClientGone;
 use mosaic_tenant::Role;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -405,7 +406,8 @@ impl ContactService for Contacts {
     ) -> Result<Response<ImportContactsResponse>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Member)?;
-        let reply = import::run(&self.db, &ctx, req.into_inner()).await?;
+        let gone = ClientGone::of(&req);
+        let reply = import::run(&self.db, &ctx, req.into_inner(), gone).await?;
         Ok(Response::new(reply))
     }
 }

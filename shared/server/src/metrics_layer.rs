@@ -6,7 +6,11 @@
 //! auth layer), otherwise the trailers at the end of the response body, which
 //! is why the body is wrapped. A call whose response (or body) is dropped
 //! before a status is known was cancelled by the client and counts as
-//! `CANCELLED`.
+//! `CANCELLED`. So does a call whose request stream broke (the client reset
+//! it or closed the connection, e.g. a client-streaming call abandoned before
+//! its first message): whatever the handler answers then reaches nobody.
+//! Handlers learn of it through [`ClientGone`], which tonic cannot tell them:
+//! its decoder ends a reset request stream as if the client had finished it.
 //!
 //! Label cardinality stays bounded: the `method` label is the request path
 //! only for methods this server knows (from the descriptor sets), and
@@ -16,6 +20,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -29,6 +34,64 @@ use crate::metrics::CallMetrics;
 
 /// The `method` label of calls to paths the server does not know.
 pub const OTHER_METHOD: &str = "other";
+
+/// Whether the client abandoned the call: its request stream ended in an
+/// error rather than with END_STREAM. In the extensions of every request.
+///
+/// A client-streaming handler reads it where the stream ends, because tonic
+/// ends a stream the client reset (RST_STREAM CANCEL) like a finished one:
+/// rows sent before a cancel must not be taken for a complete upload.
+#[derive(Debug, Clone, Default)]
+pub struct ClientGone(Arc<AtomicBool>);
+
+impl ClientGone {
+    /// Whether the request stream of `req` broke (`false` outside the layer).
+    pub fn of<T>(req: &tonic::Request<T>) -> Self {
+        req.extensions().get::<Self>().cloned().unwrap_or_default()
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that notes in [`ClientGone`] when it breaks.
+    pub struct RequestBody<B> {
+        #[pin]
+        inner: B,
+        gone: ClientGone,
+    }
+}
+
+impl<B: Body> Body for RequestBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(Err(_)) = &frame {
+            this.gone.set();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 #[derive(Clone)]
 pub struct MetricsLayer {
@@ -86,7 +149,7 @@ impl<S> std::fmt::Debug for MetricsService<S> {
 
 impl<S, B, RB> Service<Request<B>> for MetricsService<S>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<Request<RequestBody<B>>, Response = Response<RB>>,
     RB: Body,
 {
     type Response = Response<MetricsBody<RB>>;
@@ -99,14 +162,19 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let path = req.uri().path();
+        let gone = ClientGone::default();
         let record = CallRecord {
             metrics: self.layer.metrics.clone(),
             label: self.layer.label(path),
             path: path.to_owned(),
             start: Instant::now(),
             meta: None,
+            gone: gone.clone(),
             finished: false,
         };
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(gone.clone());
+        let req = Request::from_parts(parts, RequestBody { inner: body, gone });
         ResponseFuture {
             inner: self.inner.call(req),
             record: Some(record),
@@ -216,6 +284,7 @@ struct CallRecord {
     path: String,
     start: Instant,
     meta: Option<CallMeta>,
+    gone: ClientGone,
     finished: bool,
 }
 
@@ -232,6 +301,12 @@ impl CallRecord {
             return;
         }
         self.finished = true;
+        // The handler's answer to a broken request stream reaches nobody.
+        let code = if self.gone.is_gone() {
+            Code::Cancelled
+        } else {
+            code
+        };
         let elapsed = self.start.elapsed();
         let code_name = code_name(code);
         let label = self.label.as_deref().unwrap_or(OTHER_METHOD);
@@ -334,9 +409,13 @@ mod tests {
     fn answer(
         headers: &'static [(&'static str, &'static str)],
         frames: fn() -> Vec<Frame<&'static [u8]>>,
-    ) -> impl Service<Request<()>, Response = Response<Frames>, Error = Infallible, Future: Send> + Clone
-    {
-        tower::service_fn(move |_req: Request<()>| async move {
+    ) -> impl Service<
+        Request<RequestBody<()>>,
+        Response = Response<Frames>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone {
+        tower::service_fn(move |_req: Request<RequestBody<()>>| async move {
             let mut resp = Response::new(Frames(frames().into()));
             for (k, v) in headers {
                 resp.headers_mut()
@@ -400,6 +479,47 @@ mod tests {
         drop(resp);
         assert_eq!(count(&metrics, "/a.B/C", "CANCELLED"), 1);
         assert_eq!(count(&metrics, "/a.B/C", "OK"), 0);
+    }
+
+    /// A request stream the client broke off.
+    struct Broken;
+
+    impl Body for Broken {
+        type Data = &'static [u8];
+        type Error = &'static str;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            Poll::Ready(Some(Err("stream reset")))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_request_stream_is_cancelled_whatever_the_handler_says() {
+        let metrics = Metrics::new();
+        let handler = tower::service_fn(|req: Request<RequestBody<Broken>>| async move {
+            let gone = req.extensions().get::<ClientGone>().cloned().expect("flag");
+            assert!(!gone.is_gone());
+            let mut body = std::pin::pin!(req.into_body());
+            let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+            assert!(matches!(frame, Some(Err(_))));
+            assert!(gone.is_gone());
+            // What a handler says when its stream fails: UNKNOWN.
+            let mut resp = Response::new(Frames(VecDeque::new()));
+            resp.headers_mut()
+                .insert("grpc-status", http::HeaderValue::from_static("2"));
+            Ok::<_, Infallible>(resp)
+        });
+        let mut svc = layer(&metrics).layer(handler);
+        let req = Request::builder()
+            .uri("/a.B/C")
+            .body(Broken)
+            .expect("request");
+        svc.call(req).await.expect("infallible");
+        assert_eq!(count(&metrics, "/a.B/C", "CANCELLED"), 1);
+        assert_eq!(count(&metrics, "/a.B/C", "UNKNOWN"), 0);
     }
 
     #[tokio::test]

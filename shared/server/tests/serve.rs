@@ -7,24 +7,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mosaic_core::{Metrics, Probe, ProbeFuture, StartupError};
+use mosaic_proto::crm::contact_service_server::{ContactService, ContactServiceServer};
+use mosaic_proto::crm::{
+    Contact, CreateContactRequest, DeleteContactRequest, GetContactRequest, ImportContactsRequest,
+    ImportContactsResponse, ListContactsRequest, ListContactsResponse, UndeleteContactRequest,
+    UpdateContactRequest,
+};
 use mosaic_proto::identity::token_service_client::TokenServiceClient;
 use mosaic_proto::identity::token_service_server::{TokenService, TokenServiceServer};
 use mosaic_proto::identity::{ExchangeApiKeyRequest, ExchangeApiKeyResponse};
-use mosaic_server::{Health, HealthGroup, ServeOptions, ServerConfig, Shutdown, serve};
+use mosaic_server::{ClientGone, Health, HealthGroup, ServeOptions, ServerConfig, Shutdown, serve};
 use mosaic_tenant::{AuthConfig, Claims, KeyMaterial, TokenSigner, TokenVerifier};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 const TOKEN_SERVICE: &str = "mosaic.identity.v1.TokenService";
 const EXCHANGE: &str = "/mosaic.identity.v1.TokenService/ExchangeApiKey";
+const IMPORT: &str = "/mosaic.crm.v1.ContactService/ImportContacts";
 /// The message limit the test service is built with.
 const MAX_MESSAGE_BYTES: usize = 1024;
 
@@ -45,6 +52,84 @@ impl TokenService for SlowTokens {
             token_type: "Bearer".into(),
             expire_time: None,
         }))
+    }
+}
+
+/// What the test contact service's import saw.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Started,
+    /// The stream ended: the messages read, and whether the client was gone.
+    Ended {
+        messages: usize,
+        gone: bool,
+    },
+}
+
+/// A contact service whose import reads its stream to the end and answers OK,
+/// as a handler that trusted tonic's end of stream would.
+struct Imports {
+    seen: mpsc::UnboundedSender<Seen>,
+}
+
+#[tonic::async_trait]
+impl ContactService for Imports {
+    async fn create_contact(
+        &self,
+        _: Request<CreateContactRequest>,
+    ) -> Result<Response<Contact>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn get_contact(
+        &self,
+        _: Request<GetContactRequest>,
+    ) -> Result<Response<Contact>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn list_contacts(
+        &self,
+        _: Request<ListContactsRequest>,
+    ) -> Result<Response<ListContactsResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn update_contact(
+        &self,
+        _: Request<UpdateContactRequest>,
+    ) -> Result<Response<Contact>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn delete_contact(
+        &self,
+        _: Request<DeleteContactRequest>,
+    ) -> Result<Response<Contact>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn undelete_contact(
+        &self,
+        _: Request<UndeleteContactRequest>,
+    ) -> Result<Response<Contact>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn import_contacts(
+        &self,
+        req: Request<Streaming<ImportContactsRequest>>,
+    ) -> Result<Response<ImportContactsResponse>, Status> {
+        let gone = ClientGone::of(&req);
+        let _ = self.seen.send(Seen::Started);
+        let mut stream = req.into_inner();
+        let mut messages = 0;
+        let result = loop {
+            match stream.message().await {
+                Ok(Some(_)) => messages += 1,
+                Ok(None) => break Ok(Response::new(ImportContactsResponse::default())),
+                Err(status) => break Err(status),
+            }
+        };
+        let _ = self.seen.send(Seen::Ended {
+            messages,
+            gone: gone.is_gone(),
+        });
+        result
     }
 }
 
@@ -69,6 +154,8 @@ struct TestServer {
     token: String,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), StartupError>>,
+    /// What the import handler saw, in order.
+    imports: mpsc::UnboundedReceiver<Seen>,
 }
 
 impl TestServer {
@@ -110,7 +197,9 @@ impl TestServer {
         })
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-        let routes = tonic::service::Routes::new(tokens);
+        let (seen, imports) = mpsc::unbounded_channel();
+        let routes = tonic::service::Routes::new(tokens)
+            .add_service(ContactServiceServer::new(Imports { seen }));
 
         let probe_ok = Arc::new(AtomicBool::new(true));
         let stop = Shutdown::new();
@@ -136,7 +225,35 @@ impl TestServer {
             token,
             shutdown: Some(tx),
             handle,
+            imports,
         }
+    }
+
+    /// A raw HTTP/2 connection, to do what a well-behaved gRPC client does
+    /// not: reset a stream, drop the connection mid-call.
+    async fn h2(&self) -> (h2::client::SendRequest<prost::bytes::Bytes>, JoinHandle<()>) {
+        let tcp = TcpStream::connect(self.addr).await.expect("connect");
+        let (send, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        (send, driver)
+    }
+
+    /// Opens an import call (headers only, no message) on `send`.
+    async fn open_import(
+        &self,
+        send: &mut h2::client::SendRequest<prost::bytes::Bytes>,
+    ) -> h2::SendStream<prost::bytes::Bytes> {
+        let request = http::Request::post(format!("http://{}{IMPORT}", self.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {}", self.token))
+            .body(())
+            .expect("request");
+        send.clone().ready().await.expect("ready");
+        let (_response, stream) = send.send_request(request, false).expect("send");
+        stream
     }
 
     async fn channel(&self) -> Channel {
@@ -503,4 +620,48 @@ async fn shutdown_ends_within_the_deadline_despite_an_open_stream() {
         .await
         .expect("stream ended");
     assert!(end.is_err(), "{end:?}");
+}
+
+#[tokio::test]
+async fn client_streams_abandoned_before_their_first_message_are_cancelled() {
+    let mut server = TestServer::start(Duration::from_secs(5), Duration::ZERO).await;
+
+    // The client resets the stream (what a dropped tonic call sends).
+    let (mut send, driver) = server.h2().await;
+    let mut stream = server.open_import(&mut send).await;
+    assert_eq!(server.imports.recv().await, Some(Seen::Started));
+    stream.send_reset(h2::Reason::CANCEL);
+    // tonic ends the handler's stream as if finished; the flag tells it apart.
+    assert_eq!(
+        server.imports.recv().await,
+        Some(Seen::Ended {
+            messages: 0,
+            gone: true
+        })
+    );
+    assert_eq!(server.await_count(IMPORT, "CANCELLED", 1).await, 1);
+    driver.abort();
+
+    // The client's connection goes away mid-call.
+    let (mut send, driver) = server.h2().await;
+    let _stream = server.open_import(&mut send).await;
+    assert_eq!(server.imports.recv().await, Some(Seen::Started));
+    driver.abort();
+    drop(send);
+    let ended = server.imports.recv().await;
+    assert!(
+        matches!(
+            ended,
+            Some(Seen::Ended {
+                messages: 0,
+                gone: true
+            })
+        ),
+        "{ended:?}"
+    );
+    assert_eq!(server.await_count(IMPORT, "CANCELLED", 2).await, 2);
+
+    // Neither was the client's UNKNOWN, nor the server's OK.
+    assert_eq!(server.count(IMPORT, "UNKNOWN").await, 0);
+    assert_eq!(server.count(IMPORT, "OK").await, 0);
 }

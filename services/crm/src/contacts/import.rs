@@ -18,6 +18,7 @@ use mosaic_api::error::FieldViolation;
 use mosaic_api::{ApiError, ApiResult};
 use mosaic_db::{Database, TenantContext};
 use mosaic_proto::crm::{ImportContactsFailure, ImportContactsRequest, ImportContactsResponse};
+use mosaic_server::ClientGone;
 use tokio::task::JoinHandle;
 use tonic::{Status, Streaming};
 use uuid::Uuid;
@@ -170,6 +171,7 @@ pub async fn run(
     db: &Database,
     ctx: &TenantContext,
     mut stream: Streaming<ImportContactsRequest>,
+    gone: ClientGone,
 ) -> Result<ImportContactsResponse, Status> {
     let import_id = Uuid::now_v7();
     let mut report = Report::default();
@@ -179,6 +181,14 @@ pub async fn run(
     loop {
         let message = match stream.message().await {
             Ok(Some(message)) => message,
+            // tonic ends a stream the client reset as if it were finished:
+            // rows sent before a cancel are not a complete import.
+            Ok(None) if gone.is_gone() => {
+                let _ = settle(&mut in_flight, &mut report).await;
+                return Err(Status::cancelled(
+                    "the client cancelled the import; rows after the last complete batch were not written",
+                ));
+            }
             Ok(None) => break,
             Err(status) => {
                 // The client failed or cancelled. A complete batch already
