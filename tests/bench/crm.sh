@@ -7,9 +7,8 @@
 # Needs the local setup (`MOSAIC_PROFILE=release bash deploy/local/setup.sh`: PostgreSQL
 # on 127.0.0.1:5432, roles, .data/mosaic.env, grpcurl, h2load, pgbench). In one run,
 # all on 127.0.0.1, a few minutes:
-#   1. builds release `mosaic` (only to mint tokens), `mosaic-crm` and the helper
-#      services/crm/examples/crm_bench.rs; applies the crm migrations (crm_bench
-#      migrate: the same bootstrap and migrator as `mosaic migrate`);
+#   1. builds release `mosaic` (to migrate and mint tokens), `mosaic-crm` and the
+#      helper services/crm/examples/crm_bench.rs; runs `mosaic migrate`;
 #   2. starts `mosaic-crm` alone (MOSAIC_LOG=warn) and measures its cold start;
 #   3. import, BENCH_IMPORT_ROUNDS times, interleaved, each into a fresh tenant, the
 #      same BENCH_IMPORT_ROWS rows (crm_bench builds them from the row number):
@@ -64,24 +63,34 @@ fi
 for b in "$MOSAIC_BIN" "$CRM_BIN" "$TOOL"; do
   [ -x "$b" ] || bench_die "$b is missing"
 done
-"$TOOL" migrate >"$BENCH_TMP/migrate.log" 2>&1 || { cat "$BENCH_TMP/migrate.log" >&2; bench_die "crm migrations failed"; }
-bench_say "crm schema migrated ($(cat "$BENCH_TMP/migrate.log"))"
+"$MOSAIC_BIN" migrate >"$BENCH_TMP/migrate.log" 2>&1 || { cat "$BENCH_TMP/migrate.log" >&2; bench_die "mosaic migrate failed"; }
+bench_say "schemas migrated (mosaic migrate)"
 
 # The service alone: mosaic-crm serves without a subcommand.
 BENCH_BIN=$CRM_BIN
 BENCH_SERVE_COMMAND='' bench_start_suite
 
 new_uuid() { cat /proc/sys/kernel/random/uuid; }
-# crm keeps no tenant rows: a token carrying a fresh tenant id is a fresh, empty tenant.
-token_for() { "$MOSAIC_BIN" token --tenant "$1" --sub "user:$(new_uuid)" --role owner; }
-# The bench tenants' rows are removed at exit (as the admin login: audit events
-# are append-only for mosaic_crm), so repeated runs do not grow the database.
+# Every service refuses tokens of tenants identity never created (the access view),
+# and identity does not run here: a bench tenant is the row CreateTenant would write,
+# inserted as the admin login. crm reads it once, on the tenant's first call.
 bench_tenants=()
+new_tenant() { # <variable to set>
+  local t
+  t=$(new_uuid)
+  bench_psql mosaic_admin -c "INSERT INTO identity.tenants (tenant_id, display_name, plan) VALUES ('$t', 'crm bench', 'pro')" >/dev/null ||
+    bench_die "could not create a bench tenant"
+  bench_tenants+=("$t")
+  printf -v "$1" '%s' "$t"
+}
+token_for() { "$MOSAIC_BIN" token --tenant "$1" --sub "user:$(new_uuid)" --role owner; }
+# The bench tenants and their rows are removed at exit (as the admin login: audit
+# events are append-only for mosaic_crm), so repeated runs do not grow the database.
 cleanup_tenants() {
   [ "${#bench_tenants[@]}" -gt 0 ] || return 0
   local list
   list=$(printf "'%s'," "${bench_tenants[@]}")
-  bench_psql mosaic_admin -c "DELETE FROM crm.contacts WHERE tenant_id IN (${list%,}); DELETE FROM crm.audit_events WHERE tenant_id IN (${list%,});" ||
+  bench_psql mosaic_admin -c "DELETE FROM crm.contacts WHERE tenant_id IN (${list%,}); DELETE FROM crm.audit_events WHERE tenant_id IN (${list%,}); DELETE FROM identity.tenants WHERE tenant_id IN (${list%,});" ||
     bench_say "could not remove the bench tenants' rows"
 }
 bench_on_exit cleanup_tenants
@@ -94,8 +103,9 @@ count_contacts() {
 grpc_best=0 bound_best=0 psql_best=0 read_tenant=
 for ((r = 1; r <= rounds; r++)); do
   tag="b$(date +%s%N)"
-  t_grpc=$(new_uuid) t_bound=$(new_uuid) t_psql=$(new_uuid)
-  bench_tenants+=("$t_grpc" "$t_bound" "$t_psql")
+  new_tenant t_grpc
+  new_tenant t_bound
+  new_tenant t_psql
 
   out=$("$TOOL" import "127.0.0.1:$BENCH_GRPC_PORT" "$(token_for "$t_grpc")" "$rows" "$tag" "$per_message") ||
     bench_die "ImportContacts failed: $out"

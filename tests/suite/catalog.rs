@@ -181,6 +181,75 @@ async fn runtime_roles_are_powerless_outside_their_schema() {
     }
 }
 
+/// The access login every process reads the access view with may read the
+/// access log and which tenants are deleted, and nothing else: no other
+/// column of `identity.tenants`, no other table, no writes, no other schema.
+#[tokio::test]
+async fn the_access_login_reads_only_the_access_view() {
+    app();
+    let role = mosaic_db::bootstrap::ACCESS_ROLE;
+    let mut db = app().admin_db().await;
+    let (superuser, bypass, inherit): (bool, bool, bool) = sqlx::query_as(
+        "SELECT rolsuper, rolbypassrls, rolinherit FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(role)
+    .fetch_one(&mut db)
+    .await
+    .expect("the suite bootstraps the access login");
+    assert!(
+        !superuser && !bypass && !inherit,
+        "{role}: super={superuser} bypassrls={bypass} inherit={inherit}"
+    );
+    let owned: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pg_class WHERE relowner = r.oid) + (SELECT count(*) FROM pg_namespace WHERE nspowner = r.oid) \
+         + (SELECT count(*) FROM pg_proc WHERE proowner = r.oid) FROM pg_roles r WHERE r.rolname = $1",
+    )
+    .bind(role)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(owned, 0, "{role} owns objects");
+
+    // Every privilege it holds on a table or column of a service schema.
+    let held: Vec<String> = sqlx::query_scalar(
+        "WITH rel AS (SELECT c.oid, n.nspname || '.' || c.relname AS name FROM pg_class c \
+           JOIN pg_namespace n ON n.oid = c.relnamespace \
+           WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') AND n.nspname = ANY($2)), \
+         priv AS (SELECT unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) AS p) \
+         SELECT rel.name || ' ' || priv.p FROM rel, priv WHERE has_table_privilege($1, rel.oid, priv.p) \
+         UNION ALL \
+         SELECT rel.name || '(' || a.attname || ') ' || priv.p FROM rel \
+           JOIN pg_attribute a ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped, priv \
+         WHERE priv.p IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES') \
+           AND NOT has_table_privilege($1, rel.oid, priv.p) \
+           AND has_column_privilege($1, rel.oid, a.attnum, priv.p) \
+         ORDER BY 1",
+    )
+    .bind(role)
+    .bind(schemas())
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        held,
+        [
+            "identity.access_changes SELECT",
+            "identity.tenants(deleted_at) SELECT",
+            "identity.tenants(tenant_id) SELECT",
+        ],
+        "{role} holds more than the access view needs"
+    );
+    for schema in schemas().into_iter().filter(|s| *s != "identity") {
+        let usage: bool = sqlx::query_scalar("SELECT has_schema_privilege($1, $2, 'USAGE')")
+            .bind(role)
+            .bind(schema)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        assert!(!usage, "{role} can use schema {schema}");
+    }
+}
+
 #[tokio::test]
 async fn no_tenant_means_no_rows() {
     let t = app().new_tenant().await;

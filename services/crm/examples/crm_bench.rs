@@ -1,7 +1,6 @@
 //! Helper of `tests/bench/crm.sh` (not a test, not shipped):
 //!
 //! ```text
-//! crm_bench migrate                                  bootstrap roles/schema, apply crm migrations
 //! crm_bench import ADDR TOKEN ROWS TAG PER_MESSAGE   ImportContacts over gRPC, prints figures
 //! crm_bench raw TENANT ROWS TAG                      the same rows, bound INSERT ... SELECT FROM UNNEST
 //! crm_bench sql TENANT ROWS TAG                      the same rows as a psql script (literal arrays)
@@ -57,7 +56,6 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("missing {name}"))
     };
     match args.first().map(String::as_str) {
-        Some("migrate") => migrate().await,
         Some("import") => {
             import(
                 &arg(1, "ADDR")?,
@@ -85,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: crm_bench migrate | import ADDR TOKEN ROWS TAG PER_MESSAGE | raw TENANT ROWS TAG | sql TENANT ROWS TAG"
+            "usage: crm_bench import ADDR TOKEN ROWS TAG PER_MESSAGE | raw TENANT ROWS TAG | sql TENANT ROWS TAG"
         ),
     }
 }
@@ -93,35 +91,6 @@ async fn main() -> anyhow::Result<()> {
 fn crm_url() -> String {
     std::env::var("MOSAIC_CRM_DATABASE_URL")
         .unwrap_or_else(|_| mosaic_db::config::default_url("crm"))
-}
-
-/// Roles, schema and crm migrations, as `mosaic migrate` does for its schemas.
-async fn migrate() -> anyhow::Result<()> {
-    let admin = std::env::var("MOSAIC_ADMIN_DATABASE_URL").unwrap_or_else(|_| {
-        "postgres://mosaic_admin:mosaic-local@127.0.0.1:5432/postgres".to_owned()
-    });
-    let url = crm_url();
-    let opts: sqlx::postgres::PgConnectOptions = url.parse()?;
-    // The runtime login's password, as written in its URL (no percent escapes here).
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, p)| p.to_owned());
-    let login = mosaic_db::bootstrap::RuntimeLogin {
-        schema: mosaic_crm::SCHEMA,
-        password,
-    };
-    let mut conn = mosaic_db::bootstrap::bootstrap(
-        &admin,
-        opts.get_database().unwrap_or("mosaic"),
-        &[login],
-        None,
-    )
-    .await?;
-    let applied = mosaic_db::migrate::migrate(&mut conn, &[mosaic_crm::SCHEMA]).await?;
-    println!("applied={applied:?}");
-    Ok(())
 }
 
 async fn import(
