@@ -728,3 +728,64 @@ async fn another_tenant_is_not_found_and_unchanged() {
         .into_inner();
     assert_eq!(after, c);
 }
+
+/// 600 contacts of nearly the largest metadata (7.9 KB of the 8 KiB allowed)
+/// weigh more than the 4 MiB reply limit: a page of 1000 (the maximum) comes
+/// back short, with a token, and the pages together hold every contact once.
+#[tokio::test]
+async fn pages_of_large_contacts_stop_short_of_the_reply_limit() {
+    use mosaic_proto::crm::ImportContactsRequest;
+
+    let t = CrmTenant::new().await;
+    let blob = "x".repeat(7_900);
+    let rows: Vec<Contact> = (0..600)
+        .map(|i| Contact {
+            email: format!("big{i}@limit.example.com"),
+            metadata: Some(Struct {
+                fields: [("blob".to_owned(), text(&blob))].into(),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let messages: Vec<ImportContactsRequest> = rows
+        .chunks(100)
+        .map(|chunk| ImportContactsRequest {
+            contacts: chunk.to_vec(),
+        })
+        .collect();
+    let reply = contacts()
+        .import_contacts(t.req(tokio_stream::iter(messages)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.created_count, 600, "{reply:?}");
+
+    let mut seen = BTreeSet::new();
+    let mut sizes = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = contacts()
+            .list_contacts(t.req(ListContactsRequest {
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            }))
+            .await
+            .expect("a page under the reply limit")
+            .into_inner();
+        sizes.push(page.contacts.len());
+        for contact in page.contacts {
+            assert!(seen.insert(contact.contact_id), "a contact listed twice");
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 600);
+    assert!(sizes.len() >= 2, "one page of 4.7 MB: {sizes:?}");
+    assert!(
+        sizes[0] > 400,
+        "the first page is as full as the limit allows: {sizes:?}"
+    );
+}

@@ -1,8 +1,8 @@
 //! The crm service under test, and helpers shared by the `crm_*` tests.
 //!
 //! crm is served by the suite (see `harness`). Each test makes its own
-//! tenant ([`CrmTenant::new`]): crm needs no identity rows, so a token
-//! carrying a fresh tenant id is a fresh, empty tenant.
+//! tenant ([`CrmTenant::new`], created through identity), so tests share one
+//! database without seeing each other's rows.
 
 use mosaic_core::TenantId;
 use mosaic_proto::crm::{
@@ -46,7 +46,7 @@ pub(crate) fn audit() -> CrmAuditServiceClient<Channel> {
     CrmAuditServiceClient::new(channel())
 }
 
-/// A fresh tenant: a new id nobody has written under.
+/// A fresh tenant, with nothing in crm.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CrmTenant {
     pub(crate) id: TenantId,

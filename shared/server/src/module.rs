@@ -210,7 +210,7 @@ pub(crate) struct Parts {
 /// Adds generated gRPC servers to a [`Service`], each with the message size
 /// limits (a larger request is answered OUT_OF_RANGE by tonic):
 ///
-/// ```ignore
+/// ```text
 /// let mut service = Service::new(deps);
 /// mosaic_server::add_services!(service,
 ///     CompanyServiceServer::new(companies::Companies::new(db.clone())),

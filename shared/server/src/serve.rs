@@ -39,7 +39,7 @@ pub const PUBLIC_PREFIXES: [&str; 3] = [
 /// Everything [`serve`] needs besides the routes, the listener and the
 /// shutdown future. Start from [`ServeOptions::new`] and override fields:
 ///
-/// ```ignore
+/// ```text
 /// let opts = ServeOptions {
 ///     health: Health::new(vec![HealthGroup::new(&[CompanyServiceServer::<Companies>::NAME], probes)]),
 ///     ..ServeOptions::new(config, verifier, metrics)
