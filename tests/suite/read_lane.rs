@@ -1,4 +1,4 @@
-//! One-message reads (`Database::read_by_ids`) keep their connections beside
+//! One-message reads (`Database::read`) keep their connections beside
 //! the pool: a connection killed while idle is replaced transparently, an SQL
 //! error leaves the connection usable, and the tenant fence holds, also when
 //! reads of many tenants share one message.
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use mosaic_core::TenantId;
-use mosaic_db::{Database, TenantContext};
+use mosaic_db::{Database, Param, Select, TenantContext};
 use uuid::Uuid;
 
 use crate::harness::app;
@@ -243,5 +243,77 @@ async fn transactions_survive_killed_pool_connections() {
             "a dead connection failed the call"
         );
     }
+    db.close().await;
+}
+
+/// Parameters travel as literals of their declared types: each comes back
+/// exactly as sent, whatever quotes, backslashes, semicolons or placeholders
+/// a text holds; NUL, which PostgreSQL text cannot hold, fails only its read.
+#[tokio::test]
+async fn parameters_of_every_type_come_back_exactly() {
+    let t = app().new_tenant().await;
+    let db = one_connection_lane("lane-params", Duration::from_secs(5));
+    let ctx = TenantContext::system(t.id, "lane-test");
+    let when = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00.123456Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let day = chrono::NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
+    let json =
+        serde_json::json!({"quote": "it's", "backslash": "a\\b", "tab": "\t", "n": [1.5, null]});
+    for text in [
+        "it's",
+        "''",
+        r"back\slash\'",
+        "'; SELECT 1; --",
+        "$1 $tenant $$ E'\\x41'",
+        "é ü 東京 🦀",
+        "",
+    ] {
+        let mut select = Select::new("SELECT ");
+        select
+            .push_bind(text)
+            .push(", ")
+            .push_bind(Param::json(&json))
+            .push(", ")
+            .push_bind(-9_007_199_254_740_993_i64)
+            .push(", ")
+            .push_bind(true)
+            .push(", ")
+            .push_bind(when)
+            .push(", ")
+            .push_bind(day)
+            .push(", ")
+            .push_bind(None::<Uuid>)
+            .push(", ")
+            .push_bind(t.id);
+        type Row = (
+            String,
+            sqlx::types::Json<serde_json::Value>,
+            i64,
+            bool,
+            chrono::DateTime<chrono::Utc>,
+            chrono::NaiveDate,
+            Option<Uuid>,
+            Uuid,
+        );
+        let rows: Vec<Row> = db.read(&ctx, select).await.unwrap();
+        let (back, j, n, b, w, d, none, id) = rows.into_iter().next().unwrap();
+        assert_eq!(back, text);
+        assert_eq!(j.0, json);
+        assert_eq!(
+            (n, b, w, d, none, id),
+            (-9_007_199_254_740_993, true, when, day, None, t.id.uuid())
+        );
+    }
+    let mut nul = Select::new("SELECT ");
+    nul.push_bind("a\0b");
+    let err = db.read::<(String,)>(&ctx, nul).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Internal);
+    let mut ok = Select::new("SELECT ");
+    ok.push_bind("after");
+    assert_eq!(
+        db.read::<(String,)>(&ctx, ok).await.unwrap(),
+        [("after".to_owned(),)]
+    );
     db.close().await;
 }

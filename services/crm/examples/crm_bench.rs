@@ -110,7 +110,7 @@ async fn import(
                 title: r.title.to_owned(),
                 phone: r.phone.to_owned(),
                 tags: r.tags.iter().map(|t| (*t).to_owned()).collect(),
-                metadata: Some(mosaic_api::convert::json_to_struct(&r.metadata)),
+                metadata: Some(mosaic_api::convert::json_to_struct(r.metadata)),
                 ..Default::default()
             }
         })

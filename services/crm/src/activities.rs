@@ -221,9 +221,10 @@ impl ActivityService for Activities {
             start,
             end,
         };
-        let mut tx = self.db.begin(&ctx).await?;
-        let rows = storage::list_page(&mut tx, &filter, after, size).await?;
-        tx.finish_read();
+        let rows = self
+            .db
+            .read(&ctx, storage::list_page(&filter, after, size))
+            .await?;
         let (activities, next_page_token) = page::page(
             rows,
             size,
@@ -268,9 +269,10 @@ impl ActivityService for Activities {
             )
             .into());
         }
-        let mut tx = self.db.begin(&ctx).await?;
-        let rows = storage::daily_counts(&mut tx, start, end, &subjects).await?;
-        tx.finish_read();
+        let rows: Vec<storage::DayCount> = self
+            .db
+            .read(&ctx, storage::daily_counts(start, end, &subjects))
+            .await?;
         Ok(Response::new(GetActivityCountsResponse {
             days: rows
                 .into_iter()

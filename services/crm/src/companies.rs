@@ -166,9 +166,10 @@ impl CompanyService for Companies {
             page::decode::<CompanyId>(&binding, &request.page_token),
         )
             .all_ok()?;
-        let mut tx = self.db.begin(&ctx).await?;
-        let rows = storage::list_page(&mut tx, after, request.show_deleted, size).await?;
-        tx.finish_read();
+        let rows = self
+            .db
+            .read(&ctx, storage::list_page(after, request.show_deleted, size))
+            .await?;
         let (companies, next_page_token) = page::page(
             rows,
             size,

@@ -297,9 +297,10 @@ impl ContactService for Contacts {
             ContactFilter::parse(request),
         )
             .all_ok()?;
-        let mut tx = self.db.begin(&ctx).await?;
-        let rows = storage::list_page(&mut tx, &filter, after, size).await?;
-        tx.finish_read();
+        let rows = self
+            .db
+            .read(&ctx, storage::list_page(&filter, after, size))
+            .await?;
         let (contacts, next_page_token) = page::page(
             rows,
             size,

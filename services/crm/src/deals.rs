@@ -211,10 +211,13 @@ impl DealService for Deals {
         )
             .all_ok()?;
         let stage = (stage != DealStage::Unspecified).then(|| stage.stored_name());
-        let mut tx = self.db.begin(&ctx).await?;
-        let rows =
-            storage::list_page(&mut tx, request.show_deleted, company, stage, after, size).await?;
-        tx.finish_read();
+        let rows = self
+            .db
+            .read(
+                &ctx,
+                storage::list_page(request.show_deleted, company, stage, after, size),
+            )
+            .await?;
         let (deals, next_page_token) = page::page(
             rows,
             size,
@@ -385,9 +388,7 @@ impl DealService for Deals {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
         let company = parse::optional_id("company_id", &req.get_ref().company_id)?;
-        let mut tx = self.db.begin(&ctx).await?;
-        let rows = storage::pipeline(&mut tx, company).await?;
-        tx.finish_read();
+        let rows: Vec<storage::StageTotal> = self.db.read(&ctx, storage::pipeline(company)).await?;
 
         // Pipeline order is the enum's declaration order.
         let stages = DealStage::stored_names()

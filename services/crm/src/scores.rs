@@ -146,9 +146,12 @@ impl ScoreService for Scores {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
         let id = parse::id("company_id", &req.get_ref().company_id)?;
-        let mut tx = self.db.begin(&ctx).await?;
-        let row = storage::get(&mut tx, id).await?;
-        tx.finish_read();
+        let row: Option<storage::ScoreRow> = self
+            .db
+            .read(&ctx, storage::get(id))
+            .await?
+            .into_iter()
+            .next();
         let row =
             row.ok_or_else(|| ApiError::not_found("SCORE_NOT_FOUND", "the company has no scores"))?;
         Ok(Response::new(row.into_proto()))

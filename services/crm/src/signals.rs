@@ -212,9 +212,10 @@ impl SignalService for Signals {
             company_id,
             contact_id,
         };
-        let mut tx = self.db.begin(&ctx).await?;
-        let rows = storage::list_page(&mut tx, &filter, after, size).await?;
-        tx.finish_read();
+        let rows = self
+            .db
+            .read(&ctx, storage::list_page(&filter, after, size))
+            .await?;
         let (signals, next_page_token) = page::page(
             rows,
             size,

@@ -169,9 +169,10 @@ impl ApiKeyService for ApiKeys {
             page::decode::<ApiKeyId>(&binding, &request.page_token),
         )
             .all_ok()?;
-        let mut tx = self.db.begin(&ctx).await?;
-        let rows = storage::list(&mut tx, after, request.show_revoked, size).await?;
-        tx.finish_read();
+        let rows = self
+            .db
+            .read(&ctx, storage::list(after, request.show_revoked, size))
+            .await?;
         let (api_keys, next_page_token) = page::page(
             rows,
             size,

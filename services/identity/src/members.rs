@@ -147,9 +147,10 @@ impl MemberService for Members {
             parse::enum_or::<PbRole>("role", request.role, PbRole::Unspecified),
         )
             .all_ok()?;
-        let mut tx = self.db.begin(&ctx).await?;
-        let rows = storage::list(&mut tx, after, role_of(role), size).await?;
-        tx.finish_read();
+        let rows = self
+            .db
+            .read(&ctx, storage::list(after, role_of(role), size))
+            .await?;
         let (members, next_page_token) = page::page(
             rows,
             size,

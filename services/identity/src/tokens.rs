@@ -52,10 +52,13 @@ impl Tokens {
         // Nobody is authenticated yet: act as the exchange itself, inside the
         // tenant the key names (RLS still fences every read).
         let ctx = TenantContext::system(tenant, "token-exchange");
-        let mut tx = self.db.begin(&ctx).await?;
-        let row = storage::for_exchange(&mut tx, key_id).await?;
-        tx.finish_read();
-        let row = row.ok_or_else(invalid)?;
+        let row: storage::ExchangeRow = self
+            .db
+            .read(&ctx, storage::for_exchange(key_id))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(invalid)?;
         if !bool::from(row.secret_hash.ct_eq(&hash(&request.api_key))) {
             return Err(invalid());
         }

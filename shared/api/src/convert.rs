@@ -21,29 +21,31 @@ pub fn date(d: NaiveDate) -> String {
     d.format("%Y-%m-%d").to_string()
 }
 
-/// A stored JSON object as a `google.protobuf.Struct` (non-objects become empty).
-pub fn json_to_struct(j: &Json) -> Struct {
+/// A stored JSON object as a `google.protobuf.Struct` (non-objects become
+/// empty). Takes the value so that its strings move rather than copy: a List
+/// converts every row's JSON once.
+pub fn json_to_struct(j: Json) -> Struct {
     match j {
         Json::Object(map) => Struct {
             fields: map
-                .iter()
-                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .into_iter()
+                .map(|(k, v)| (k, json_to_value(v)))
                 .collect(),
         },
         _ => Struct::default(),
     }
 }
 
-pub fn json_to_value(j: &Json) -> Value {
+pub fn json_to_value(j: Json) -> Value {
     let kind = match j {
         Json::Null => Kind::NullValue(0),
-        Json::Bool(b) => Kind::BoolValue(*b),
+        Json::Bool(b) => Kind::BoolValue(b),
         Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        Json::String(s) => Kind::StringValue(s.clone()),
+        Json::String(s) => Kind::StringValue(s),
         Json::Array(a) => Kind::ListValue(ListValue {
-            values: a.iter().map(json_to_value).collect(),
+            values: a.into_iter().map(json_to_value).collect(),
         }),
-        Json::Object(_) => Kind::StructValue(json_to_struct(j)),
+        object @ Json::Object(_) => Kind::StructValue(json_to_struct(object)),
     };
     Value { kind: Some(kind) }
 }

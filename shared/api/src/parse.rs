@@ -585,7 +585,7 @@ mod tests {
     #[test]
     fn structs_and_times() {
         let j = serde_json::json!({"a": 1.5, "b": [true, null, "x"], "c": {"d": "e"}});
-        let s = crate::convert::json_to_struct(&j);
+        let s = crate::convert::json_to_struct(j.clone());
         assert_eq!(json_object("settings", Some(&s), 1024).unwrap(), j);
         assert!(json_object("settings", Some(&s), 10).is_err());
         let one = |kind| Struct {

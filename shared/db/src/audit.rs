@@ -10,9 +10,9 @@ use mosaic_proto::common::{AuditEvent, ListAuditEventsRequest, ListAuditEventsRe
 use mosaic_tenant::{Role, TenantContext};
 use uuid::Uuid;
 
-use crate::Database;
 use crate::error::db_error;
 use crate::pool::TenantTx;
+use crate::{Database, Select};
 
 impl TenantTx {
     /// Records a mutation: `action` like `member.add`, the resource, and a
@@ -118,27 +118,26 @@ pub async fn list(
     )
         .all_ok()?;
 
-    let mut tx = db.begin(ctx).await?;
-    let rows: Vec<Row> = sqlx::query_as(
+    let mut select = Select::new(
         "SELECT tenant_id, event_id, actor, action, resource_type, resource_id, request_id, \
                 created_at, details \
-         FROM audit_events \
-         WHERE tenant_id = $1 \
-           AND ($2 = '' OR resource_type = $2) \
-           AND ($3 = '' OR resource_id = $3) \
-           AND ($4::uuid IS NULL OR event_id < $4) \
-         ORDER BY event_id DESC \
-         LIMIT $5",
-    )
-    .bind(tenant)
-    .bind(&resource_type)
-    .bind(&resource_id)
-    .bind(after)
-    .bind(i64::from(size) + 1)
-    .fetch_all(tx.conn())
-    .await
-    .map_err(db_error)?;
-    tx.finish_read();
+         FROM audit_events WHERE tenant_id = $tenant",
+    );
+    if !resource_type.is_empty() {
+        select
+            .push(" AND resource_type = ")
+            .push_bind(resource_type);
+    }
+    if !resource_id.is_empty() {
+        select.push(" AND resource_id = ").push_bind(resource_id);
+    }
+    if let Some(after) = after {
+        select.push(" AND event_id < ").push_bind(after);
+    }
+    select
+        .push(" ORDER BY event_id DESC LIMIT ")
+        .push_bind(i64::from(size) + 1);
+    let rows: Vec<Row> = db.read(ctx, select).await?;
 
     let (events, next_page_token) = page::page(
         rows,
@@ -154,7 +153,7 @@ pub async fn list(
             resource_id: row.resource_id,
             request_id: row.request_id,
             create_time: Some(convert::timestamp(row.created_at)),
-            details: Some(convert::json_to_struct(&row.details)),
+            details: Some(convert::json_to_struct(row.details)),
         },
     );
     Ok(ListAuditEventsResponse {

@@ -21,7 +21,7 @@ pub struct DbConfig {
     pub max_connections: u32,
     pub min_connections: u32,
     /// Connections beside the pool for one-message reads
-    /// ([`crate::Database::read_by_ids`]); reads waiting for one share a message.
+    /// ([`crate::Database::read`]); reads waiting for one share a message.
     pub read_connections: u32,
     /// How long a call waits for a free connection before UNAVAILABLE.
     pub acquire_timeout: Duration,

@@ -29,6 +29,7 @@ pub mod migrate;
 pub mod pool;
 mod read_lane;
 pub mod resource;
+pub mod select;
 
 pub use config::DbConfig;
 pub use error::{Constraint, db_error, db_error_with};
@@ -36,3 +37,4 @@ pub use migrate::{Migrations, ServiceSchema};
 pub use mosaic_tenant::TenantContext;
 pub use pool::{Database, TenantTx};
 pub use resource::{HasMeta, Resource, RowMeta, create_once};
+pub use select::{Param, Select};

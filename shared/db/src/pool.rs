@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::config::DbConfig;
 use crate::error::{connection_lost, db_error};
 use crate::read_lane::ReadLane;
+use crate::select::Select;
 
 /// A service's connection pool, logged in as the service's runtime role.
 #[derive(Debug, Clone)]
@@ -89,15 +90,33 @@ impl Database {
         }
     }
 
-    /// A read in at most one round trip, for the hottest lookups: `sql` runs
-    /// right after `SET LOCAL mosaic.tenant_id = '<tenant>'` in one
-    /// simple-protocol message, which PostgreSQL runs as one implicit
+    /// A read in at most one round trip, for Get and List methods: the
+    /// SELECT runs right after `SET LOCAL mosaic.tenant_id = '<tenant>'` in
+    /// one simple-protocol message, which PostgreSQL runs as one implicit
     /// transaction, so the setting ends with it. Reads that arrive while the
     /// read connections are busy share the next message, and each connection
-    /// prepares `sql` once (see the `read_lane` module). Only UUIDs can be
-    /// bound, so nothing a client sends is ever spliced into SQL text:
-    /// `$tenant` is the caller's tenant and `$1`, `$2`, ... are the `ids`.
-    /// `sql` is one SELECT, without `;`.
+    /// prepares a SELECT once (see the `read_lane` module). `$tenant` is the
+    /// caller's tenant; parameters are bound, never spliced into the text.
+    pub async fn read<T>(&self, ctx: &TenantContext, select: Select) -> ApiResult<Vec<T>>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let tenant = ctx.tenant_id()?;
+        let (sql, params) = select.into_parts();
+        if sql.contains(';') || sql.trim().is_empty() {
+            return Err(ApiError::internal("Database::read takes one statement"));
+        }
+        let rows = self
+            .reads
+            .read(tenant.uuid(), &sql, params)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| T::from_row(row).map_err(db_error))
+            .collect()
+    }
+
+    /// [`Database::read`] of a SELECT whose parameters `$1`, `$2`, ... are `ids`.
     pub async fn read_by_ids<T>(
         &self,
         ctx: &TenantContext,
@@ -107,18 +126,11 @@ impl Database {
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
     {
-        let tenant = ctx.tenant_id()?;
-        if sql.contains(';') || sql.trim().is_empty() {
-            return Err(ApiError::internal("read_by_ids takes one statement"));
+        let mut select = Select::new(sql);
+        for id in ids {
+            select.params_mut().push((*id).into());
         }
-        let rows = self
-            .reads
-            .read(tenant.uuid(), sql, ids)
-            .await
-            .map_err(db_error)?;
-        rows.iter()
-            .map(|row| T::from_row(row).map_err(db_error))
-            .collect()
+        self.read(ctx, select).await
     }
 
     /// The platform-admin path (the one named exception to tenant scoping):

@@ -1,9 +1,9 @@
-//! A few connections kept beside the pool for [`crate::Database::read_by_ids`],
+//! A few connections kept beside the pool for [`crate::Database::read`],
 //! which share round trips: reads that arrive while every lane connection is
 //! busy travel together in the next message.
 //!
 //! Each read is `SET LOCAL mosaic.tenant_id = '<tenant>'; EXECUTE <its
-//! SELECT>(<tenant>, <ids>...)`. A connection that comes free takes every
+//! SELECT>(<tenant>, <params>...)`. A connection that comes free takes every
 //! read waiting (up to [`MAX_BATCH`]) and sends them as one simple-protocol
 //! message, which PostgreSQL runs as one implicit transaction, statement by
 //! statement: every SELECT runs under the setting made right before it, so
@@ -15,8 +15,9 @@
 //!
 //! Each connection prepares a SELECT (SQL `PREPARE`, its own message) the
 //! first time it runs it, so PostgreSQL parses and plans it once per
-//! connection rather than once per read. Parameters are UUIDs only, written
-//! as literals: nothing a client sends is spliced into SQL text.
+//! connection rather than once per read. Parameters are written as literals
+//! of their declared types ([`crate::select`] says why that is exact), and
+//! only as parameters: nothing a client sends becomes SQL text.
 //!
 //! Results are told apart by PostgreSQL's command-complete messages: two per
 //! read (the SET and the EXECUTE). An SQL error ends the message: the reads
@@ -44,6 +45,8 @@ use sqlx::{ConnectOptions, Either, PgConnection};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::select::Param;
+
 use crate::error::connection_lost;
 use crate::error::sqlstate::{FEATURE_NOT_SUPPORTED, INVALID_SQL_STATEMENT_NAME};
 
@@ -59,14 +62,18 @@ struct Read {
     /// Tells a queued read from a taken one when its caller gives up.
     seq: u64,
     tenant: Uuid,
-    /// What its prepared statement is known by: `<number of ids>:<SELECT>`,
+    /// What its prepared statement is known by: `<parameter types>:<SELECT>`,
     /// the SELECT with `$tenant` and `$1..$n` (see [`numbered`]).
     key: String,
-    ids: Vec<Uuid>,
+    params: Vec<Param>,
     reply: oneshot::Sender<Answer>,
 }
 
 impl Read {
+    fn types(&self) -> &str {
+        self.key.split_once(':').map_or("", |(types, _)| types)
+    }
+
     fn select(&self) -> &str {
         self.key.split_once(':').map_or("", |(_, select)| select)
     }
@@ -110,7 +117,9 @@ impl std::fmt::Debug for ReadLane {
 impl ReadLane {
     pub(crate) fn new(options: PgConnectOptions, size: usize, queue_timeout: Duration) -> Self {
         Self {
-            options,
+            // What makes quoted literals exact (see `crate::select`), whatever
+            // the server's default.
+            options: options.options([("standard_conforming_strings", "on")]),
             size: size.max(1),
             queue_timeout,
             state: Mutex::new(State::default()),
@@ -144,10 +153,25 @@ impl ReadLane {
 
     /// Runs `select` under `SET LOCAL mosaic.tenant_id = '<tenant>'` and
     /// returns its rows. `select` is one statement, without `;`, in which
-    /// `$tenant` is `tenant` and `$1`, `$2`, ... are `ids`.
-    pub(crate) async fn read(self: &Arc<Self>, tenant: Uuid, select: &str, ids: &[Uuid]) -> Answer {
+    /// `$tenant` is `tenant` and `$1`, `$2`, ... are `params`.
+    pub(crate) async fn read(
+        self: &Arc<Self>,
+        tenant: Uuid,
+        select: &str,
+        params: Vec<Param>,
+    ) -> Answer {
         debug_assert!(!select.contains(';'));
-        let (key, ids) = (format!("{}:{select}", ids.len()), ids.to_vec());
+        for param in &params {
+            param.check()?;
+        }
+        let mut key = String::with_capacity(select.len() + 8 * params.len() + 6);
+        key.push_str("uuid");
+        for param in &params {
+            key.push(',');
+            key.push_str(param.type_name());
+        }
+        key.push(':');
+        key.push_str(select);
         let (reply, answer) = oneshot::channel();
         let (seq, sender) = {
             let mut state = self.state();
@@ -160,7 +184,7 @@ impl ReadLane {
                 seq,
                 tenant,
                 key,
-                ids,
+                params,
                 reply,
             });
             let sender = (state.senders < self.size).then(|| {
@@ -279,7 +303,7 @@ impl ReadLane {
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut text = String::with_capacity(batch.len() * 160);
         for read in batch.iter() {
-            // UUIDs only: hex and dashes, safe to inline.
+            // A Uuid: hex and dashes, safe to inline.
             let tenant = read.tenant;
             let name = c
                 .prepared
@@ -289,8 +313,9 @@ impl ReadLane {
                 text,
                 "SET LOCAL mosaic.tenant_id = '{tenant}'; EXECUTE {name}('{tenant}'"
             );
-            for id in &read.ids {
-                let _ = write!(text, ", '{id}'");
+            for param in &read.params {
+                text.push_str(", ");
+                param.write_literal(&mut text);
             }
             text.push_str(");\n");
         }
@@ -342,7 +367,7 @@ impl LaneConn {
             let name = format!("mosaic_read_{}", self.prepared.len() + 1);
             let text = format!(
                 "PREPARE {name}({}) AS {}",
-                vec!["uuid"; read.ids.len() + 1].join(", "),
+                read.types(),
                 numbered(read.select())
             );
             match sqlx::Executor::execute(&mut self.conn, text.as_str()).await {

@@ -110,7 +110,7 @@ impl<Id: RowId> Resource<Id> {
 
     /// The row, also while soft-deleted; NOT_FOUND when absent (or another
     /// tenant's). Read in one round trip outside any transaction of the
-    /// caller's (Get methods: see `Database::read_by_ids`).
+    /// caller's (Get methods: see `Database::read`).
     pub async fn read<R: Row>(&self, db: &Database, ctx: &TenantContext, id: Id) -> ApiResult<R> {
         let Resource {
             table,

@@ -2,10 +2,9 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use mosaic_api::{ApiResult, convert};
-use mosaic_db::{Constraint, TenantTx, db_error, db_error_with};
+use mosaic_db::{Constraint, Select, TenantTx, db_error_with};
 use mosaic_proto::StoredEnum;
 use mosaic_proto::crm::{Activity, ActivityKind};
-use sqlx::{Postgres, QueryBuilder};
 
 use super::{NewActivity, Subjects};
 use crate::ids::{ActivityId, CompanyId, ContactId, DealId};
@@ -61,7 +60,7 @@ impl ActivityRow {
             deal_id: id_text(self.deal_id),
             occur_time: Some(convert::timestamp(self.occurred_at)),
             summary: self.summary,
-            details: Some(convert::json_to_struct(&self.details)),
+            details: Some(convert::json_to_struct(self.details)),
             creator: self.actor,
             create_time: Some(convert::timestamp(self.created_at)),
         }
@@ -105,31 +104,28 @@ pub(crate) struct ActivityFilter {
     pub(crate) end: Option<DateTime<Utc>>,
 }
 
-fn push_subjects(sql: &mut QueryBuilder<Postgres>, subjects: &Subjects) {
+fn push_subjects(sql: &mut Select, subjects: &Subjects) {
     if let Some(id) = subjects.company_id {
-        sql.push(" AND t.company_id = ").push_bind(id);
+        sql.push(" AND t.company_id = ").push_bind(id.uuid());
     }
     if let Some(id) = subjects.contact_id {
-        sql.push(" AND t.contact_id = ").push_bind(id);
+        sql.push(" AND t.contact_id = ").push_bind(id.uuid());
     }
     if let Some(id) = subjects.deal_id {
-        sql.push(" AND t.deal_id = ").push_bind(id);
+        sql.push(" AND t.deal_id = ").push_bind(id.uuid());
     }
 }
 
 /// One page newest first by `(occurred_at, activity_id)` (the key of the
 /// per-subject indexes), `limit + 1` rows; only the filters in use become SQL.
-#[tracing::instrument(level = "debug", skip_all)]
-pub(crate) async fn list_page(
-    tx: &mut TenantTx,
+pub(crate) fn list_page(
     filter: &ActivityFilter,
     after: Option<(DateTime<Utc>, ActivityId)>,
     limit: u32,
-) -> ApiResult<Vec<ActivityRow>> {
-    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!(
-        "SELECT {SELECT} FROM activities t WHERE t.tenant_id = "
+) -> Select {
+    let mut sql = Select::new(format!(
+        "SELECT {SELECT} FROM activities t WHERE t.tenant_id = $tenant"
     ));
-    sql.push_bind(tx.tenant_id());
     push_subjects(&mut sql, &filter.subjects);
     if let Some(kind) = filter.kind {
         sql.push(" AND t.kind = ").push_bind(kind);
@@ -144,15 +140,12 @@ pub(crate) async fn list_page(
         sql.push(" AND (t.occurred_at, t.activity_id) < (")
             .push_bind(at)
             .push(", ")
-            .push_bind(id)
+            .push_bind(id.uuid())
             .push(")");
     }
     sql.push(" ORDER BY t.occurred_at DESC, t.activity_id DESC LIMIT ")
         .push_bind(i64::from(limit) + 1);
-    sql.build_query_as()
-        .fetch_all(tx.conn())
-        .await
-        .map_err(db_error)
+    sql
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -167,23 +160,16 @@ pub(crate) struct DayCount {
 
 /// Counts per UTC day from `start` to `end` (both inclusive), every day
 /// present. Days are cut in UTC explicitly, whatever the session time zone.
-#[tracing::instrument(level = "debug", skip_all)]
-pub(crate) async fn daily_counts(
-    tx: &mut TenantTx,
-    start: NaiveDate,
-    end: NaiveDate,
-    subjects: &Subjects,
-) -> ApiResult<Vec<DayCount>> {
-    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(
+pub(crate) fn daily_counts(start: NaiveDate, end: NaiveDate, subjects: &Subjects) -> Select {
+    let mut sql = Select::new(
         "WITH counts AS ( \
              SELECT (t.occurred_at AT TIME ZONE 'UTC')::date AS day, count(*) AS total, \
                     count(*) FILTER (WHERE t.kind = 'email') AS email, \
                     count(*) FILTER (WHERE t.kind = 'call') AS call, \
                     count(*) FILTER (WHERE t.kind = 'meeting') AS meeting, \
                     count(*) FILTER (WHERE t.kind = 'note') AS note \
-             FROM activities t WHERE t.tenant_id = ",
+             FROM activities t WHERE t.tenant_id = $tenant",
     );
-    sql.push_bind(tx.tenant_id());
     sql.push(" AND t.occurred_at >= (")
         .push_bind(start)
         .push("::date::timestamp AT TIME ZONE 'UTC')");
@@ -201,8 +187,5 @@ pub(crate) async fn daily_counts(
         "::date, interval '1 day') AS d(day) \
          LEFT JOIN counts c ON c.day = d.day::date ORDER BY 1",
     );
-    sql.build_query_as()
-        .fetch_all(tx.conn())
-        .await
-        .map_err(db_error)
+    sql
 }

@@ -1,7 +1,7 @@
 //! SQL of companies. Every statement names `tenant_id = $1` (RLS is the backstop).
 
 use mosaic_api::ApiResult;
-use mosaic_db::{Constraint, HasMeta, RowMeta, TenantTx, db_error, db_error_with};
+use mosaic_db::{Constraint, HasMeta, RowMeta, Select, TenantTx, db_error, db_error_with};
 use mosaic_proto::crm::Company;
 
 use super::CompanyFields;
@@ -134,28 +134,21 @@ pub(crate) async fn update(
     .ok_or_else(|| super::RESOURCE.not_found())
 }
 
-/// One page in id (= creation) order, `limit + 1` rows to detect a next page.
-#[tracing::instrument(level = "debug", skip_all)]
-pub(crate) async fn list_page(
-    tx: &mut TenantTx,
-    after: Option<CompanyId>,
-    show_deleted: bool,
-    limit: u32,
-) -> ApiResult<Vec<CompanyRow>> {
-    let tenant = tx.tenant_id();
-    sqlx::query_as(&format!(
-        "SELECT {SELECT} FROM companies t \
-         WHERE t.tenant_id = $1 AND ($2::uuid IS NULL OR t.company_id > $2) \
-           AND ($3 OR t.deleted_at IS NULL) \
-         ORDER BY t.company_id LIMIT $4"
-    ))
-    .bind(tenant)
-    .bind(after)
-    .bind(show_deleted)
-    .bind(i64::from(limit) + 1)
-    .fetch_all(tx.conn())
-    .await
-    .map_err(db_error)
+/// One page in id (= creation) order, `limit + 1` rows; only the filters in
+/// use become SQL, so each combination gets its own plan.
+pub(crate) fn list_page(after: Option<CompanyId>, show_deleted: bool, limit: u32) -> Select {
+    let mut sql = Select::new(format!(
+        "SELECT {SELECT} FROM companies t WHERE t.tenant_id = $tenant"
+    ));
+    if !show_deleted {
+        sql.push(" AND t.deleted_at IS NULL");
+    }
+    if let Some(after) = after {
+        sql.push(" AND t.company_id > ").push_bind(after.uuid());
+    }
+    sql.push(" ORDER BY t.company_id LIMIT ")
+        .push_bind(i64::from(limit) + 1);
+    sql
 }
 
 /// `(domain, external_id)` of live companies holding any of `domains`.

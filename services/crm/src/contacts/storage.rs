@@ -1,9 +1,8 @@
 //! SQL of contacts. Every statement names `tenant_id = $1` (RLS is the backstop).
 
 use mosaic_api::{ApiResult, convert};
-use mosaic_db::{Constraint, HasMeta, RowMeta, TenantTx, db_error, db_error_with};
+use mosaic_db::{Constraint, HasMeta, Param, RowMeta, Select, TenantTx, db_error, db_error_with};
 use mosaic_proto::crm::Contact;
-use sqlx::{Postgres, QueryBuilder};
 
 use super::{ContactFields, ContactFilter};
 use crate::ids::{CompanyId, ContactId, DealId};
@@ -82,7 +81,7 @@ impl ContactRow {
             title: self.title,
             phone: self.phone,
             tags: self.tags,
-            metadata: Some(convert::json_to_struct(&self.metadata)),
+            metadata: Some(convert::json_to_struct(self.metadata)),
             create_time: self.meta.create_time(),
             update_time: self.meta.update_time(),
             delete_time: self.meta.delete_time(),
@@ -149,47 +148,36 @@ pub(crate) async fn update(
 /// One page in id (= creation) order, `limit + 1` rows. Only the filters in
 /// use become SQL, so each combination gets its own prepared statement and
 /// plan (a generic plan over `($2 IS NULL OR ...)` would scan).
-#[tracing::instrument(level = "debug", skip_all)]
-pub(crate) async fn list_page(
-    tx: &mut TenantTx,
-    filter: &ContactFilter,
-    after: Option<ContactId>,
-    limit: u32,
-) -> ApiResult<Vec<ContactRow>> {
-    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!(
-        "SELECT {SELECT} FROM contacts t WHERE t.tenant_id = "
+pub(crate) fn list_page(filter: &ContactFilter, after: Option<ContactId>, limit: u32) -> Select {
+    let mut sql = Select::new(format!(
+        "SELECT {SELECT} FROM contacts t WHERE t.tenant_id = $tenant"
     ));
-    sql.push_bind(tx.tenant_id());
     if !filter.show_deleted {
         sql.push(" AND t.deleted_at IS NULL");
     }
     if let Some(company) = filter.company_id {
-        sql.push(" AND t.company_id = ").push_bind(company);
+        sql.push(" AND t.company_id = ").push_bind(company.uuid());
     }
     if let Some(tag) = &filter.tag {
         sql.push(" AND t.tags @> ARRAY[")
-            .push_bind(tag.clone())
+            .push_bind(tag.as_str())
             .push("]::text[]");
     }
     if let Some(pattern) = &filter.metadata {
         sql.push(" AND t.metadata @> ")
-            .push_bind(pattern.clone())
-            .push("::jsonb");
+            .push_bind(Param::json(pattern));
     }
     if let Some(query) = &filter.query {
         sql.push(" AND t.search @@ to_tsquery('simple', ")
-            .push_bind(query.clone())
+            .push_bind(query.as_str())
             .push(")");
     }
     if let Some(after) = after {
-        sql.push(" AND t.contact_id > ").push_bind(after);
+        sql.push(" AND t.contact_id > ").push_bind(after.uuid());
     }
     sql.push(" ORDER BY t.contact_id LIMIT ")
         .push_bind(i64::from(limit) + 1);
-    sql.build_query_as()
-        .fetch_all(tx.conn())
-        .await
-        .map_err(db_error)
+    sql
 }
 
 /// After a soft delete: clears `primary_contact_id` on the contact's deals

@@ -3,10 +3,9 @@
 
 use chrono::NaiveDate;
 use mosaic_api::{ApiResult, convert};
-use mosaic_db::{Constraint, HasMeta, RowMeta, TenantTx, db_error, db_error_with};
+use mosaic_db::{Constraint, HasMeta, RowMeta, Select, TenantTx, db_error, db_error_with};
 use mosaic_proto::StoredEnum;
 use mosaic_proto::crm::{Deal, DealStage};
-use sqlx::{Postgres, QueryBuilder};
 
 use super::DealFields;
 use crate::ids::{CompanyId, ContactId, DealId};
@@ -181,37 +180,32 @@ pub(crate) async fn touch(tx: &mut TenantTx, id: DealId) -> ApiResult<DealRow> {
 }
 
 /// One page in id (= creation) order, `limit + 1` rows; only the filters in
-/// use become SQL.
-#[tracing::instrument(level = "debug", skip_all)]
-pub(crate) async fn list_page(
-    tx: &mut TenantTx,
+/// use become SQL, so each combination gets its own plan.
+pub(crate) fn list_page(
     show_deleted: bool,
     company: Option<CompanyId>,
     stage: Option<&str>,
     after: Option<DealId>,
     limit: u32,
-) -> ApiResult<Vec<DealRow>> {
-    let mut sql: QueryBuilder<Postgres> =
-        QueryBuilder::new(format!("SELECT {SELECT} FROM deals t WHERE t.tenant_id = "));
-    sql.push_bind(tx.tenant_id());
+) -> Select {
+    let mut sql = Select::new(format!(
+        "SELECT {SELECT} FROM deals t WHERE t.tenant_id = $tenant"
+    ));
     if !show_deleted {
         sql.push(" AND t.deleted_at IS NULL");
     }
     if let Some(company) = company {
-        sql.push(" AND t.company_id = ").push_bind(company);
+        sql.push(" AND t.company_id = ").push_bind(company.uuid());
     }
     if let Some(stage) = stage {
-        sql.push(" AND t.stage = ").push_bind(stage.to_owned());
+        sql.push(" AND t.stage = ").push_bind(stage);
     }
     if let Some(after) = after {
-        sql.push(" AND t.deal_id > ").push_bind(after);
+        sql.push(" AND t.deal_id > ").push_bind(after.uuid());
     }
     sql.push(" ORDER BY t.deal_id LIMIT ")
         .push_bind(i64::from(limit) + 1);
-    sql.build_query_as()
-        .fetch_all(tx.conn())
-        .await
-        .map_err(db_error)
+    sql
 }
 
 pub(crate) async fn link(tx: &mut TenantTx, deal: DealId, contact: ContactId) -> ApiResult<()> {
@@ -257,23 +251,15 @@ pub(crate) struct StageTotal {
 /// numeric; clamping before the cast keeps an absurd total from failing
 /// the whole summary.
 #[tracing::instrument(level = "debug", skip_all)]
-pub(crate) async fn pipeline(
-    tx: &mut TenantTx,
-    company: Option<CompanyId>,
-) -> ApiResult<Vec<StageTotal>> {
-    let tenant = tx.tenant_id();
-    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(
+pub(crate) fn pipeline(company: Option<CompanyId>) -> Select {
+    let mut sql = Select::new(
         "SELECT stage, currency_code, count(*) AS deal_count, \
                 LEAST(sum(value_minor), 9223372036854775807)::bigint AS value_minor \
-         FROM deals WHERE tenant_id = ",
+         FROM deals WHERE tenant_id = $tenant AND deleted_at IS NULL",
     );
-    sql.push_bind(tenant).push(" AND deleted_at IS NULL");
     if let Some(company) = company {
-        sql.push(" AND company_id = ").push_bind(company);
+        sql.push(" AND company_id = ").push_bind(company.uuid());
     }
     sql.push(" GROUP BY stage, currency_code ORDER BY stage, currency_code");
-    sql.build_query_as()
-        .fetch_all(tx.conn())
-        .await
-        .map_err(db_error)
+    sql
 }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use mosaic_api::{ApiResult, convert};
-use mosaic_db::{Constraint, TenantTx, db_error, db_error_with};
+use mosaic_db::{Constraint, Select, TenantTx, db_error_with};
 use mosaic_proto::crm::Score;
 
 use super::NewScore;
@@ -101,14 +101,10 @@ pub(crate) async fn upsert(tx: &mut TenantTx, batch: &[NewScore]) -> ApiResult<V
     .map_err(|e| db_error_with(e, CONSTRAINTS))
 }
 
-pub(crate) async fn get(tx: &mut TenantTx, company: CompanyId) -> ApiResult<Option<ScoreRow>> {
-    let tenant = tx.tenant_id();
-    sqlx::query_as(&format!(
-        "SELECT {SELECT} FROM scores t WHERE t.tenant_id = $1 AND t.company_id = $2"
-    ))
-    .bind(tenant)
-    .bind(company)
-    .fetch_optional(tx.conn())
-    .await
-    .map_err(db_error)
+pub(crate) fn get(company: CompanyId) -> Select {
+    let mut sql = Select::new(format!(
+        "SELECT {SELECT} FROM scores t WHERE t.tenant_id = $tenant AND t.company_id = "
+    ));
+    sql.push_bind(company.uuid());
+    sql
 }

@@ -2,9 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use mosaic_api::{ApiResult, convert};
-use mosaic_db::{Constraint, TenantTx, db_error, db_error_with};
+use mosaic_db::{Constraint, Select, TenantTx, db_error_with};
 use mosaic_proto::crm::Signal;
-use sqlx::{Postgres, QueryBuilder};
 
 use crate::ids::{CompanyId, ContactId, SignalId};
 
@@ -57,7 +56,7 @@ impl SignalRow {
                 .contact_id
                 .map(|contact| contact.to_string())
                 .unwrap_or_default(),
-            payload: Some(convert::json_to_struct(&self.payload)),
+            payload: Some(convert::json_to_struct(self.payload)),
             occur_time: Some(convert::timestamp(self.occurred_at)),
             create_time: Some(convert::timestamp(self.created_at)),
         }
@@ -132,36 +131,27 @@ pub(crate) struct SignalFilter {
 
 /// One page newest first (ids are UUIDv7: receipt order), `limit + 1` rows.
 #[tracing::instrument(level = "debug", skip_all)]
-pub(crate) async fn list_page(
-    tx: &mut TenantTx,
-    filter: &SignalFilter,
-    before: Option<SignalId>,
-    limit: u32,
-) -> ApiResult<Vec<SignalRow>> {
-    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!(
-        "SELECT {SELECT} FROM signals t WHERE t.tenant_id = "
+pub(crate) fn list_page(filter: &SignalFilter, before: Option<SignalId>, limit: u32) -> Select {
+    let mut sql = Select::new(format!(
+        "SELECT {SELECT} FROM signals t WHERE t.tenant_id = $tenant"
     ));
-    sql.push_bind(tx.tenant_id());
     if let Some(provider) = &filter.provider {
-        sql.push(" AND t.provider = ").push_bind(provider.clone());
+        sql.push(" AND t.provider = ").push_bind(provider.as_str());
     }
     if let Some(signal_type) = &filter.signal_type {
         sql.push(" AND t.signal_type = ")
-            .push_bind(signal_type.clone());
+            .push_bind(signal_type.as_str());
     }
     if let Some(company) = filter.company_id {
-        sql.push(" AND t.company_id = ").push_bind(company);
+        sql.push(" AND t.company_id = ").push_bind(company.uuid());
     }
     if let Some(contact) = filter.contact_id {
-        sql.push(" AND t.contact_id = ").push_bind(contact);
+        sql.push(" AND t.contact_id = ").push_bind(contact.uuid());
     }
     if let Some(before) = before {
-        sql.push(" AND t.signal_id < ").push_bind(before);
+        sql.push(" AND t.signal_id < ").push_bind(before.uuid());
     }
     sql.push(" ORDER BY t.signal_id DESC LIMIT ")
         .push_bind(i64::from(limit) + 1);
-    sql.build_query_as()
-        .fetch_all(tx.conn())
-        .await
-        .map_err(db_error)
+    sql
 }

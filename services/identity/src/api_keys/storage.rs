@@ -2,7 +2,7 @@
 use chrono::{DateTime, Utc};
 use mosaic_api::{ApiResult, convert};
 use mosaic_core::TenantId;
-use mosaic_db::{TenantTx, db_error};
+use mosaic_db::{Select, TenantTx, db_error};
 use mosaic_proto::identity::ApiKey;
 use mosaic_tenant::Role;
 
@@ -80,24 +80,19 @@ pub(crate) async fn get(tx: &mut TenantTx, key_id: ApiKeyId) -> ApiResult<Option
     .map_err(db_error)
 }
 
-pub(crate) async fn list(
-    tx: &mut TenantTx,
-    after: Option<ApiKeyId>,
-    show_revoked: bool,
-    size: u32,
-) -> ApiResult<Vec<ApiKeyRow>> {
-    let tenant = tx.tenant_id();
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND ($2::uuid IS NULL OR api_key_id > $2) \
-         AND ($3 OR revoked_at IS NULL) ORDER BY api_key_id LIMIT $4"
-    ))
-    .bind(tenant)
-    .bind(after)
-    .bind(show_revoked)
-    .bind(i64::from(size) + 1)
-    .fetch_all(tx.conn())
-    .await
-    .map_err(db_error)
+pub(crate) fn list(after: Option<ApiKeyId>, show_revoked: bool, size: u32) -> Select {
+    let mut sql = Select::new(format!(
+        "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $tenant"
+    ));
+    if !show_revoked {
+        sql.push(" AND revoked_at IS NULL");
+    }
+    if let Some(after) = after {
+        sql.push(" AND api_key_id > ").push_bind(after.uuid());
+    }
+    sql.push(" ORDER BY api_key_id LIMIT ")
+        .push_bind(i64::from(size) + 1);
+    sql
 }
 
 /// The key, newly revoked; `None` when it does not exist or was already revoked.
@@ -124,19 +119,12 @@ pub(crate) struct ExchangeRow {
     pub(crate) tenant_deleted: bool,
 }
 
-pub(crate) async fn for_exchange(
-    tx: &mut TenantTx,
-    key_id: ApiKeyId,
-) -> ApiResult<Option<ExchangeRow>> {
-    let tenant = tx.tenant_id();
-    sqlx::query_as(
+pub(crate) fn for_exchange(key_id: ApiKeyId) -> Select {
+    let mut sql = Select::new(
         "SELECT k.secret_hash, k.role, k.expires_at, k.revoked_at, t.deleted_at IS NOT NULL AS tenant_deleted \
          FROM api_keys k JOIN tenants t ON t.tenant_id = k.tenant_id \
-         WHERE k.tenant_id = $1 AND k.api_key_id = $2",
-    )
-    .bind(tenant)
-    .bind(key_id)
-    .fetch_optional(tx.conn())
-    .await
-    .map_err(db_error)
+         WHERE k.tenant_id = $tenant AND k.api_key_id = ",
+    );
+    sql.push_bind(key_id.uuid());
+    sql
 }

@@ -3,7 +3,7 @@
 
 use mosaic_api::{ApiError, ApiResult};
 use mosaic_core::TenantId;
-use mosaic_db::{HasMeta, RowMeta, TenantTx, db_error};
+use mosaic_db::{HasMeta, RowMeta, Select, TenantTx, db_error};
 use mosaic_proto::identity::Member;
 use mosaic_tenant::Role;
 use uuid::Uuid;
@@ -85,25 +85,19 @@ pub(crate) async fn insert(
     .map_err(db_error)
 }
 
-pub(crate) async fn list(
-    tx: &mut TenantTx,
-    after: Option<MemberId>,
-    role: Option<Role>,
-    size: u32,
-) -> ApiResult<Vec<MemberRow>> {
-    let tenant = tx.tenant_id();
-    sqlx::query_as(&format!(
-        "SELECT {SELECT} FROM memberships t WHERE t.tenant_id = $1 \
-         AND ($2::uuid IS NULL OR t.member_id > $2) AND ($3::text IS NULL OR t.role = $3) \
-         ORDER BY t.member_id LIMIT $4"
-    ))
-    .bind(tenant)
-    .bind(after)
-    .bind(role.map(Role::as_str))
-    .bind(i64::from(size) + 1)
-    .fetch_all(tx.conn())
-    .await
-    .map_err(db_error)
+pub(crate) fn list(after: Option<MemberId>, role: Option<Role>, size: u32) -> Select {
+    let mut sql = Select::new(format!(
+        "SELECT {SELECT} FROM memberships t WHERE t.tenant_id = $tenant"
+    ));
+    if let Some(after) = after {
+        sql.push(" AND t.member_id > ").push_bind(after.uuid());
+    }
+    if let Some(role) = role {
+        sql.push(" AND t.role = ").push_bind(role.as_str());
+    }
+    sql.push(" ORDER BY t.member_id LIMIT ")
+        .push_bind(i64::from(size) + 1);
+    sql
 }
 
 /// Serialises membership changes of one tenant (the last-owner rule).

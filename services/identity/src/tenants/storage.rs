@@ -49,7 +49,7 @@ impl TenantRow {
             tenant_id: self.tenant_id.to_string(),
             display_name: self.display_name,
             plan,
-            settings: Some(convert::json_to_struct(&self.settings)),
+            settings: Some(convert::json_to_struct(self.settings)),
             create_time: self.meta.create_time(),
             update_time: self.meta.update_time(),
             delete_time: self.meta.delete_time(),
