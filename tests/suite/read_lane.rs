@@ -285,7 +285,10 @@ async fn parameters_of_every_type_come_back_exactly() {
             .push(", ")
             .push_bind(None::<Uuid>)
             .push(", ")
-            .push_bind(t.id);
+            .push_bind(t.id)
+            .push(", ")
+            .push_bind(when)
+            .push(", NULL::timestamptz");
         type Row = (
             String,
             sqlx::types::Json<serde_json::Value>,
@@ -295,9 +298,13 @@ async fn parameters_of_every_type_come_back_exactly() {
             chrono::NaiveDate,
             Option<Uuid>,
             Uuid,
+            // What rows decode their times through (the lane's text format).
+            mosaic_db::Time,
+            mosaic_db::OptTime,
         );
         let rows: Vec<Row> = db.read(&ctx, select).await.unwrap();
-        let (back, j, n, b, w, d, none, id) = rows.into_iter().next().unwrap();
+        let (back, j, n, b, w, d, none, id, time, no_time) = rows.into_iter().next().unwrap();
+        assert_eq!((time.0, no_time.0), (when, None));
         assert_eq!(back, text);
         assert_eq!(j.0, json);
         assert_eq!(

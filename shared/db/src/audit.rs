@@ -94,6 +94,7 @@ struct Row {
     resource_type: String,
     resource_id: String,
     request_id: String,
+    #[sqlx(try_from = "crate::Time")]
     created_at: DateTime<Utc>,
     details: serde_json::Value,
 }

@@ -30,6 +30,7 @@ pub mod pool;
 mod read_lane;
 pub mod resource;
 pub mod select;
+mod time;
 
 pub use config::DbConfig;
 pub use error::{Constraint, db_error, db_error_with};
@@ -38,3 +39,4 @@ pub use mosaic_tenant::TenantContext;
 pub use pool::{Database, TenantTx};
 pub use resource::{HasMeta, Resource, RowMeta, create_once};
 pub use select::{Param, Select};
+pub use time::{OptTime, Time};

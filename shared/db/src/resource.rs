@@ -45,8 +45,11 @@ impl<T: Copy + Eq + Hash + Display + From<Uuid> + Into<Uuid> + Send + Sync + 'st
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RowMeta {
     pub revision: i64,
+    #[sqlx(try_from = "crate::Time")]
     pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "crate::Time")]
     pub updated_at: DateTime<Utc>,
+    #[sqlx(try_from = "crate::OptTime")]
     pub deleted_at: Option<DateTime<Utc>>,
 }
 

@@ -38,10 +38,12 @@ pub(crate) struct ActivityRow {
     pub(crate) company_id: Option<CompanyId>,
     pub(crate) contact_id: Option<ContactId>,
     pub(crate) deal_id: Option<DealId>,
+    #[sqlx(try_from = "mosaic_db::Time")]
     pub(crate) occurred_at: DateTime<Utc>,
     pub(crate) summary: String,
     pub(crate) details: serde_json::Value,
     pub(crate) actor: String,
+    #[sqlx(try_from = "mosaic_db::Time")]
     pub(crate) created_at: DateTime<Utc>,
 }
 

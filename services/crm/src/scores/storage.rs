@@ -25,7 +25,9 @@ pub(crate) struct ScoreRow {
     pub(crate) intent: i16,
     pub(crate) composite: i16,
     pub(crate) model_version: String,
+    #[sqlx(try_from = "mosaic_db::Time")]
     pub(crate) computed_at: DateTime<Utc>,
+    #[sqlx(try_from = "mosaic_db::Time")]
     pub(crate) updated_at: DateTime<Utc>,
 }
 

@@ -36,7 +36,9 @@ pub(crate) struct SignalRow {
     pub(crate) company_id: Option<CompanyId>,
     pub(crate) contact_id: Option<ContactId>,
     pub(crate) payload: serde_json::Value,
+    #[sqlx(try_from = "mosaic_db::Time")]
     pub(crate) occurred_at: DateTime<Utc>,
+    #[sqlx(try_from = "mosaic_db::Time")]
     pub(crate) created_at: DateTime<Utc>,
 }
 

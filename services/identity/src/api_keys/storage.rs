@@ -18,8 +18,11 @@ pub(crate) struct ApiKeyRow {
     pub(crate) role: String,
     pub(crate) secret_prefix: String,
     pub(crate) creator: String,
+    #[sqlx(try_from = "mosaic_db::Time")]
     pub(crate) created_at: DateTime<Utc>,
+    #[sqlx(try_from = "mosaic_db::OptTime")]
     pub(crate) expires_at: Option<DateTime<Utc>>,
+    #[sqlx(try_from = "mosaic_db::OptTime")]
     pub(crate) revoked_at: Option<DateTime<Utc>>,
 }
 
@@ -114,7 +117,9 @@ pub(crate) async fn revoke(tx: &mut TenantTx, key_id: ApiKeyId) -> ApiResult<Opt
 pub(crate) struct ExchangeRow {
     pub(crate) secret_hash: Vec<u8>,
     pub(crate) role: String,
+    #[sqlx(try_from = "mosaic_db::OptTime")]
     pub(crate) expires_at: Option<DateTime<Utc>>,
+    #[sqlx(try_from = "mosaic_db::OptTime")]
     pub(crate) revoked_at: Option<DateTime<Utc>>,
     pub(crate) tenant_deleted: bool,
 }
