@@ -6,7 +6,7 @@
 #   bench_init                       # repo root, local config, temp dir, exit trap
 #   bench_require_tools
 #   bench_host_info
-#   bench_build                      # cargo build --release --bin mosaic
+#   bench_build ["<cargo args>"...]  # cargo build --release (default --bin mosaic)
 #   bench_start_suite                # sets BENCH_SUITE_PID, BENCH_COLD_START_MS
 #   bench_create_tenant              # sets BENCH_TENANT_ID, BENCH_TENANT_TOKEN
 #   bench_grpc_frame "$BENCH_TMP/get.bin" 1="$BENCH_TENANT_ID"
@@ -20,6 +20,8 @@
 #   BENCH_GRPC_PORT (20151), BENCH_METRICS_PORT (20152): preferred ports; the
 #     next free ones are taken when these are busy
 #   BENCH_SKIP_BUILD=1: use target/release/mosaic as it is
+#   BENCH_PROFILE=1: bench_profile samples the service with perf around a run, keeping
+#     the data in BENCH_PROFILE_DIR (target/bench-profile)
 #   BENCH_PG_HOST (127.0.0.1), BENCH_PG_PORT (5432), BENCH_PG_DB (mosaic),
 #     BENCH_PG_PASSWORD (mosaic-local): where pgbench connects
 #   MOSAIC_*: passed to `mosaic serve` as usual (e.g. MOSAIC_DB_MAX_CONNECTIONS).
@@ -130,16 +132,22 @@ bench_host_info() {
   printf 'tools: %s; %s\n' "$(h2load --version 2>&1 | head -n 1)" "$(pgbench --version)"
 }
 
-# bench_build: the release binary of the suite (once; waits on the cargo lock if need be).
+# bench_build ["<cargo build args>"...]: release builds, one cargo run per argument
+# (default "--bin mosaic"), skipped with BENCH_SKIP_BUILD=1; then checks $BENCH_BIN.
 bench_build() {
+  [ "$#" -gt 0 ] || set -- "--bin mosaic"
   if [ "${BENCH_SKIP_BUILD:-0}" = 1 ]; then
-    bench_say "BENCH_SKIP_BUILD=1: using $BENCH_BIN as it is"
+    bench_say "BENCH_SKIP_BUILD=1: using the release binaries as they are"
   else
-    bench_say "cargo build --release --bin mosaic (output in $BENCH_TMP/build.log)"
-    cargo build --release --bin mosaic >"$BENCH_TMP/build.log" 2>&1 || {
-      tail -n 40 "$BENCH_TMP/build.log" >&2
-      bench_die "cargo build failed (BENCH_SKIP_BUILD=1 runs the binary already in target/release)"
-    }
+    local args
+    for args in "$@"; do
+      bench_say "cargo build --release $args (output in $BENCH_TMP/build.log)"
+      # shellcheck disable=SC2086 # each argument is a list of cargo arguments
+      cargo build --release $args >>"$BENCH_TMP/build.log" 2>&1 || {
+        tail -n 40 "$BENCH_TMP/build.log" >&2
+        bench_die "cargo build failed (BENCH_SKIP_BUILD=1 runs the binaries already in target/release)"
+      }
+    done
   fi
   [ -x "$BENCH_BIN" ] || bench_die "$BENCH_BIN is missing"
 }
@@ -238,6 +246,40 @@ bench_suite_log_report() {
   fi
 }
 
+# bench_profile <label> <command...>: runs the command while `perf record` samples the
+# suite's CPU (997 Hz, DWARF call graphs), then prints the 25 hottest functions by
+# their own time and the 15 hottest by time including their callees. Without
+# BENCH_PROFILE=1 (or without perf) it only runs the command.
+bench_profile() {
+  local label=$1
+  shift
+  if [ "${BENCH_PROFILE:-0}" != 1 ] || ! command -v perf >/dev/null 2>&1; then
+    "$@"
+    return
+  fi
+  local tag data pid
+  tag=$(printf '%s' "$label" | tr -c 'A-Za-z0-9' '_')
+  mkdir -p "${BENCH_PROFILE_DIR:=$BENCH_REPO/target/bench-profile}"
+  data="$BENCH_PROFILE_DIR/perf-$tag.data"
+  perf record -q -F 997 --call-graph dwarf,16384 -p "$BENCH_SUITE_PID" -o "$data" >/dev/null 2>&1 &
+  pid=$!
+  "$@"
+  kill -INT "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  echo
+  echo "CPU profile of the service during $label (perf, self time, top 25):"
+  bench__perf_top "$data" --no-children 25
+  echo "including callees (top 15):"
+  bench__perf_top "$data" --children 15
+  echo "(kept in $data: perf report -i $data)"
+}
+
+# bench__perf_top <perf.data> <--children|--no-children> <lines>
+bench__perf_top() {
+  perf report -i "$1" "$2" --stdio --sort symbol -g none 2>/dev/null |
+    awk -v n="$3" '/^ +[0-9]/ { sub(/[ \t]+-[ \t]+-[ \t]*$/, ""); sub(/[ \t]+$/, ""); if (k++ < n) print }'
+}
+
 # bench_peak_rss_mib: the suite's peak resident set (VmHWM) in MiB, one decimal.
 bench_peak_rss_mib() {
   [ -n "${BENCH_SUITE_PID:-}" ] || bench_die "the suite is not running"
@@ -313,6 +355,14 @@ for arg in sys.argv[2:]:
 with open(sys.argv[1], "wb") as f:
     f.write(b"\x00" + struct.pack(">I", len(msg)) + msg)
 PY
+}
+
+# bench_explain_generic <role> <tenant> "<(types) AS select with $n>" "<arguments>": the
+# generic plan PostgreSQL keeps for a prepared statement, under the tenant's setting,
+# run once (EXPLAIN ANALYZE, no timings), indented.
+bench_explain_generic() {
+  bench_psql "$1" -At -c "BEGIN; SET LOCAL mosaic.tenant_id = '$2'; SET LOCAL plan_cache_mode = force_generic_plan; PREPARE bench_plan$3; EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) EXECUTE bench_plan($4); COMMIT;" |
+    grep -vE '^(BEGIN|SET|PREPARE|COMMIT)$' | sed 's/^/   /'
 }
 
 # --- metrics ------------------------------------------------------------------------
