@@ -185,7 +185,8 @@ company_cols="t.company_id, t.display_name, t.domain, t.external_id, t.industry,
 deal_cols="t.deal_id, t.company_id, t.primary_contact_id, t.display_name, t.stage, t.probability, t.value_minor, t.currency_code, t.expected_close_date, ARRAY(SELECT dc.contact_id FROM deal_contacts dc WHERE dc.tenant_id = t.tenant_id AND dc.deal_id = t.deal_id ORDER BY dc.created_at, dc.contact_id) AS contact_ids, t.revision, t.created_at, t.updated_at, t.deleted_at"
 activity_cols="t.activity_id, t.kind, t.company_id, t.contact_id, t.deal_id, t.occurred_at, t.summary, t.details, t.actor, t.created_at"
 select[get]="SELECT $contact_cols FROM contacts t WHERE t.tenant_id = '$tenant' AND t.contact_id = '$contact'"
-select[list]="SELECT $contact_cols FROM contacts t WHERE t.tenant_id = '$tenant' AND t.deleted_at IS NULL AND t.tags @> ARRAY['bench-vip']::text[] ORDER BY t.contact_id LIMIT 51"
+# A filtered contact page reads a scan window of at most 10,000 rows (see SCAN_WINDOW).
+select[list]="SELECT * FROM (SELECT $contact_cols, true AND t.tags @> ARRAY['bench-vip']::text[] AS hit, row_number() OVER (ORDER BY t.contact_id) = 10000 AS window_end FROM contacts t WHERE t.tenant_id = '$tenant' AND t.deleted_at IS NULL ORDER BY t.contact_id LIMIT 10000) w WHERE w.hit OR w.window_end ORDER BY w.contact_id LIMIT 51"
 select[companies]="SELECT $company_cols FROM companies t WHERE t.tenant_id = '$tenant' AND t.deleted_at IS NULL ORDER BY t.company_id LIMIT 51"
 select[deals]="SELECT $deal_cols FROM deals t WHERE t.tenant_id = '$tenant' AND t.deleted_at IS NULL ORDER BY t.deal_id LIMIT 51"
 select[activities]="SELECT $activity_cols FROM activities t WHERE t.tenant_id = '$tenant' ORDER BY t.occurred_at DESC, t.activity_id DESC LIMIT 51"
@@ -224,7 +225,7 @@ bench_say "pgbench scripts read the same rows as $role under RLS"
 # the LIMIT as parameters, so after five runs PostgreSQL may keep a generic plan: show
 # that one (what a 1,000-row or a 1,000,000-row tenant gets alike).
 declare -A prepared
-prepared[list]="(uuid, text, int8) AS SELECT $contact_cols FROM contacts t WHERE t.tenant_id = \$1 AND t.deleted_at IS NULL AND t.tags @> ARRAY[\$2]::text[] ORDER BY t.contact_id LIMIT \$3|'$tenant', 'bench-vip', 51"
+prepared[list]="(uuid, text, int8, int8, int8) AS SELECT * FROM (SELECT $contact_cols, true AND t.tags @> ARRAY[\$2]::text[] AS hit, row_number() OVER (ORDER BY t.contact_id) = \$3 AS window_end FROM contacts t WHERE t.tenant_id = \$1 AND t.deleted_at IS NULL ORDER BY t.contact_id LIMIT \$4) w WHERE w.hit OR w.window_end ORDER BY w.contact_id LIMIT \$5|'$tenant', 'bench-vip', 10000, 10000, 51"
 prepared[companies]="(uuid, int8) AS SELECT $company_cols FROM companies t WHERE t.tenant_id = \$1 AND t.deleted_at IS NULL ORDER BY t.company_id LIMIT \$2|'$tenant', 51"
 prepared[deals]="(uuid, int8) AS SELECT $deal_cols FROM deals t WHERE t.tenant_id = \$1 AND t.deleted_at IS NULL ORDER BY t.deal_id LIMIT \$2|'$tenant', 51"
 prepared[activities]="(uuid, int8) AS SELECT $activity_cols FROM activities t WHERE t.tenant_id = \$1 ORDER BY t.occurred_at DESC, t.activity_id DESC LIMIT \$2|'$tenant', 51"

@@ -78,8 +78,13 @@ bench_grpc_frame "${frame[none]}"
 bench_grpc_frame "${frame[tag]}" 5=vip
 bench_grpc_frame "${frame[text]}" 8=grace
 prepared[none]="(uuid, int8) AS SELECT $cols FROM contacts t WHERE t.tenant_id = \$1 AND t.deleted_at IS NULL ORDER BY t.contact_id LIMIT \$2|'$tenant', 51"
-prepared[tag]="(uuid, text, int8) AS SELECT $cols FROM contacts t WHERE t.tenant_id = \$1 AND t.deleted_at IS NULL AND t.tags @> ARRAY[\$2]::text[] ORDER BY t.contact_id LIMIT \$3|'$tenant', 'vip', 51"
-prepared[text]="(uuid, text, int8) AS SELECT $cols FROM contacts t WHERE t.tenant_id = \$1 AND t.deleted_at IS NULL AND t.search @@ to_tsquery('simple', \$2) ORDER BY t.contact_id LIMIT \$3|'$tenant', 'grace:*', 51"
+# Filtered pages read a scan window of at most 10,000 rows (SCAN_WINDOW), the rows that
+# pass and the window's last row.
+windowed() { # <condition on t with $2> -> the service's statement
+  printf '%s' "(uuid, text, int8, int8, int8) AS SELECT * FROM (SELECT $cols, true AND $1 AS hit, row_number() OVER (ORDER BY t.contact_id) = \$3 AS window_end FROM contacts t WHERE t.tenant_id = \$1 AND t.deleted_at IS NULL ORDER BY t.contact_id LIMIT \$4) w WHERE w.hit OR w.window_end ORDER BY w.contact_id LIMIT \$5"
+}
+prepared[tag]="$(windowed 't.tags @> ARRAY[$2]::text[]')|'$tenant', 'vip', 10000, 10000, 51"
+prepared[text]="$(windowed "t.search @@ to_tsquery('simple', \$2)")|'$tenant', 'grace:*', 10000, 10000, 51"
 
 declare -A rps
 have=0

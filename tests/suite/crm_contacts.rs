@@ -789,3 +789,70 @@ async fn pages_of_large_contacts_stop_short_of_the_reply_limit() {
         "the first page is as full as the limit allows: {sizes:?}"
     );
 }
+
+/// A filter that matches few contacts of a large tenant reads a bounded scan
+/// window per page: past 10,000 contacts a page ends, short or empty, with a
+/// token that resumes where the scan stopped, and the pages together hold
+/// exactly the matching contacts, each once, in id order.
+#[tokio::test]
+async fn rare_filters_read_a_bounded_window_per_page() {
+    let t = CrmTenant::new().await;
+    let other = CrmTenant::new().await;
+    // Ids in row order (0000...0001, ...), so the window's edge is known:
+    // rows 5, 10,040 and 10,045 are tagged; the first window ends at 10,000.
+    let mut admin = crate::harness::app().admin_db().await;
+    for tenant in [t.id, other.id] {
+        sqlx::query(
+            "INSERT INTO crm.contacts (tenant_id, contact_id, email, tags) \
+             SELECT $1, lpad(to_hex(i), 32, '0')::uuid, 'w' || i || '@window.example', \
+                    CASE WHEN i IN (5, 10040, 10045) THEN ARRAY['rare'] ELSE ARRAY['common'] END \
+             FROM generate_series(1, 10050) AS i",
+        )
+        .bind(tenant.uuid())
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+    let id = |i: u32| Uuid::from_u128(u128::from(i)).to_string();
+    let list = |page_token: String| async move {
+        contacts()
+            .list_contacts(t.req(ListContactsRequest {
+                page_size: 50,
+                page_token,
+                tag: "rare".into(),
+                ..Default::default()
+            }))
+            .await
+    };
+    let first = list(String::new()).await.unwrap().into_inner();
+    let ids = |page: &mosaic_proto::crm::ListContactsResponse| {
+        page.contacts
+            .iter()
+            .map(|c| c.contact_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&first), [id(5)], "the first window holds one match");
+    assert!(
+        !first.next_page_token.is_empty(),
+        "the scan stopped at the window's end"
+    );
+    let second = list(first.next_page_token).await.unwrap().into_inner();
+    assert_eq!(ids(&second), [id(10040), id(10045)]);
+    assert!(
+        second.next_page_token.is_empty(),
+        "the tenant ends inside this window"
+    );
+
+    // An exact (unfiltered) page is not windowed; a common tag fills its page.
+    let common = contacts()
+        .list_contacts(t.req(ListContactsRequest {
+            page_size: 50,
+            tag: "common".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(common.contacts.len(), 50);
+    assert!(!common.next_page_token.is_empty());
+}

@@ -297,17 +297,32 @@ impl ContactService for Contacts {
             ContactFilter::parse(request),
         )
             .all_ok()?;
-        let rows = self
+        let rows: Vec<storage::ListedRow> = self
             .db
             .read(&ctx, storage::list_page(&filter, after, size))
             .await?;
-        let (contacts, next_page_token) = page::page(
-            rows,
+        // Where a filtered scan stopped when its window filled: the next page
+        // resumes after it, also when this one holds fewer rows than asked.
+        let window_end = rows
+            .iter()
+            .find(|row| row.window_end)
+            .map(|row| row.contact.contact_id);
+        let hits: Vec<storage::ContactRow> = rows
+            .into_iter()
+            .filter(|row| row.hit)
+            .map(|row| row.contact)
+            .collect();
+        let full = hits.len() > size as usize;
+        let (contacts, mut next_page_token) = page::page(
+            hits,
             size,
             &binding,
             |contact| contact.contact_id,
             storage::ContactRow::into_proto,
         );
+        if let (false, true, Some(end)) = (full, next_page_token.is_empty(), window_end) {
+            next_page_token = page::encode(&binding, &end);
+        }
         Ok(Response::new(ListContactsResponse {
             contacts,
             next_page_token,
