@@ -320,7 +320,10 @@ impl ContactService for Contacts {
             |contact| contact.contact_id,
             storage::ContactRow::into_proto,
         );
-        if let (false, true, Some(end)) = (full, next_page_token.is_empty(), window_end) {
+        if !full
+            && next_page_token.is_empty()
+            && let Some(end) = window_end
+        {
             next_page_token = page::encode(&binding, &end);
         }
         Ok(Response::new(ListContactsResponse {

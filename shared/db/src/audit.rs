@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::error::db_error;
 use crate::pool::TenantTx;
-use crate::{Database, Select};
+use crate::{Database, Order, Select};
 
 impl TenantTx {
     /// Records a mutation: `action` like `member.add`, the resource, and a
@@ -132,12 +132,7 @@ pub async fn list(
     if !resource_id.is_empty() {
         select.push(" AND resource_id = ").push_bind(resource_id);
     }
-    if let Some(after) = after {
-        select.push(" AND event_id < ").push_bind(after);
-    }
-    select
-        .push(" ORDER BY event_id DESC LIMIT ")
-        .push_bind(i64::from(size) + 1);
+    select.keyset("event_id", Order::Desc, after, size);
     let rows: Vec<Row> = db.read(ctx, select).await?;
 
     let (events, next_page_token) = page::page(

@@ -38,5 +38,5 @@ pub use migrate::{Migrations, ServiceSchema};
 pub use mosaic_tenant::TenantContext;
 pub use pool::{Database, TenantTx};
 pub use resource::{HasMeta, Resource, RowMeta, create_once};
-pub use select::{Param, Select};
+pub use select::{Order, Param, Select};
 pub use time::{OptTime, Time};

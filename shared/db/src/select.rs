@@ -145,6 +145,13 @@ impl<T: ParamType + Into<Param>> From<Option<T>> for Param {
     }
 }
 
+/// The direction of a keyset page ([`Select::keyset`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    Asc,
+    Desc,
+}
+
 /// One SELECT, built like sqlx's `QueryBuilder`: `$tenant` is the caller's
 /// tenant, and [`Select::push_bind`] appends `$1`, `$2`, ... One statement,
 /// without `;`.
@@ -173,6 +180,34 @@ impl Select {
         self.params.push(param.into());
         let _ = write!(self.sql, "${}", self.params.len());
         self
+    }
+
+    /// The end of a keyset page query over one key column (`t.company_id`):
+    /// past `after`, the last key of the previous page (`>` ascending, `<`
+    /// descending), in key order, `size + 1` rows (the extra row tells
+    /// `mosaic_api::page::page` that there is a next page).
+    pub fn keyset(
+        &mut self,
+        column: &str,
+        order: Order,
+        after: Option<Uuid>,
+        size: u32,
+    ) -> &mut Self {
+        let (beyond, direction) = match order {
+            Order::Asc => (" > ", ""),
+            Order::Desc => (" < ", " DESC"),
+        };
+        if let Some(after) = after {
+            self.push(" AND ")
+                .push(column)
+                .push(beyond)
+                .push_bind(after);
+        }
+        self.push(" ORDER BY ")
+            .push(column)
+            .push(direction)
+            .push(" LIMIT ")
+            .push_bind(i64::from(size) + 1)
     }
 
     pub fn sql(&self) -> &str {
@@ -256,5 +291,26 @@ mod tests {
         );
         let types: Vec<_> = params.iter().map(Param::type_name).collect();
         assert_eq!(types, ["text", "uuid", "int8"]);
+    }
+
+    #[test]
+    fn keysets_go_past_the_last_key_in_key_order() {
+        let mut first = Select::new("SELECT x FROM t WHERE t.tenant_id = $tenant");
+        first.keyset("t.id", Order::Asc, None, 50);
+        assert_eq!(
+            first.into_parts(),
+            (
+                "SELECT x FROM t WHERE t.tenant_id = $tenant ORDER BY t.id LIMIT $1".to_owned(),
+                vec![Param::from(51_i64)]
+            )
+        );
+        let mut next = Select::new("SELECT x FROM t WHERE t.tenant_id = $tenant");
+        next.keyset("t.id", Order::Desc, Some(Uuid::nil()), 10);
+        let (sql, params) = next.into_parts();
+        assert_eq!(
+            sql,
+            "SELECT x FROM t WHERE t.tenant_id = $tenant AND t.id < $1 ORDER BY t.id DESC LIMIT $2"
+        );
+        assert_eq!(params, [Param::from(Uuid::nil()), Param::from(11_i64)]);
     }
 }

@@ -1,7 +1,7 @@
 //! SQL of companies. Every statement names `tenant_id = $1` (RLS is the backstop).
 
 use mosaic_api::ApiResult;
-use mosaic_db::{Constraint, HasMeta, RowMeta, Select, TenantTx, db_error, db_error_with};
+use mosaic_db::{Constraint, HasMeta, Order, RowMeta, Select, TenantTx, db_error, db_error_with};
 use mosaic_proto::crm::Company;
 
 use super::CompanyFields;
@@ -143,11 +143,12 @@ pub(crate) fn list_page(after: Option<CompanyId>, show_deleted: bool, limit: u32
     if !show_deleted {
         sql.push(" AND t.deleted_at IS NULL");
     }
-    if let Some(after) = after {
-        sql.push(" AND t.company_id > ").push_bind(after.uuid());
-    }
-    sql.push(" ORDER BY t.company_id LIMIT ")
-        .push_bind(i64::from(limit) + 1);
+    sql.keyset(
+        "t.company_id",
+        Order::Asc,
+        after.map(CompanyId::uuid),
+        limit,
+    );
     sql
 }
 

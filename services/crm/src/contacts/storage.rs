@@ -1,7 +1,9 @@
 //! SQL of contacts. Every statement names `tenant_id = $1` (RLS is the backstop).
 
 use mosaic_api::{ApiResult, convert};
-use mosaic_db::{Constraint, HasMeta, Param, RowMeta, Select, TenantTx, db_error, db_error_with};
+use mosaic_db::{
+    Constraint, HasMeta, Order, Param, RowMeta, Select, TenantTx, db_error, db_error_with,
+};
 use mosaic_proto::crm::Contact;
 
 use super::{ContactFields, ContactFilter};
@@ -151,7 +153,7 @@ pub(crate) async fn update(
 /// would otherwise read the whole tenant for one page (a tag on 100 of
 /// 1,000,000 contacts: 2 s). Past this many rows a page ends, short or
 /// empty, with a token that resumes where the scan stopped (AIP-158).
-pub(crate) const SCAN_WINDOW: i64 = 10_000;
+pub(crate) const SCAN_WINDOW: u32 = 10_000;
 
 /// A row of a page: the contact, and for a filtered page whether it passed
 /// the filter (`hit`) and whether it is the scan window's last row.
@@ -192,7 +194,7 @@ pub(crate) fn list_page(filter: &ContactFilter, after: Option<ContactId>, limit:
                 .push(")");
         }
         sql.push(" AS hit, row_number() OVER (ORDER BY t.contact_id) = ")
-            .push_bind(SCAN_WINDOW)
+            .push_bind(i64::from(SCAN_WINDOW))
             .push(" AS window_end");
     } else {
         sql.push(", true AS hit, false AS window_end");
@@ -204,15 +206,15 @@ pub(crate) fn list_page(filter: &ContactFilter, after: Option<ContactId>, limit:
     if let Some(company) = filter.company_id {
         sql.push(" AND t.company_id = ").push_bind(company.uuid());
     }
-    if let Some(after) = after {
-        sql.push(" AND t.contact_id > ").push_bind(after.uuid());
-    }
-    sql.push(" ORDER BY t.contact_id LIMIT ");
+    let after = after.map(ContactId::uuid);
     if windowed {
-        sql.push_bind(SCAN_WINDOW)
-            .push(") w WHERE w.hit OR w.window_end ORDER BY w.contact_id LIMIT ");
+        // The window holds SCAN_WINDOW rows (`keyset` asks for one more).
+        sql.keyset("t.contact_id", Order::Asc, after, SCAN_WINDOW - 1)
+            .push(") w WHERE w.hit OR w.window_end ORDER BY w.contact_id LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+    } else {
+        sql.keyset("t.contact_id", Order::Asc, after, limit);
     }
-    sql.push_bind(i64::from(limit) + 1);
     sql
 }
 

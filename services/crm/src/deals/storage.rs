@@ -3,7 +3,7 @@
 
 use chrono::NaiveDate;
 use mosaic_api::{ApiResult, convert};
-use mosaic_db::{Constraint, HasMeta, RowMeta, Select, TenantTx, db_error, db_error_with};
+use mosaic_db::{Constraint, HasMeta, Order, RowMeta, Select, TenantTx, db_error, db_error_with};
 use mosaic_proto::StoredEnum;
 use mosaic_proto::crm::{Deal, DealStage};
 
@@ -200,11 +200,7 @@ pub(crate) fn list_page(
     if let Some(stage) = stage {
         sql.push(" AND t.stage = ").push_bind(stage);
     }
-    if let Some(after) = after {
-        sql.push(" AND t.deal_id > ").push_bind(after.uuid());
-    }
-    sql.push(" ORDER BY t.deal_id LIMIT ")
-        .push_bind(i64::from(limit) + 1);
+    sql.keyset("t.deal_id", Order::Asc, after.map(DealId::uuid), limit);
     sql
 }
 

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use mosaic_api::{ApiResult, convert};
-use mosaic_db::{Constraint, Select, TenantTx, db_error_with};
+use mosaic_db::{Constraint, Order, Select, TenantTx, db_error_with};
 use mosaic_proto::crm::Signal;
 
 use crate::ids::{CompanyId, ContactId, SignalId};
@@ -150,10 +150,11 @@ pub(crate) fn list_page(filter: &SignalFilter, before: Option<SignalId>, limit: 
     if let Some(contact) = filter.contact_id {
         sql.push(" AND t.contact_id = ").push_bind(contact.uuid());
     }
-    if let Some(before) = before {
-        sql.push(" AND t.signal_id < ").push_bind(before.uuid());
-    }
-    sql.push(" ORDER BY t.signal_id DESC LIMIT ")
-        .push_bind(i64::from(limit) + 1);
+    sql.keyset(
+        "t.signal_id",
+        Order::Desc,
+        before.map(SignalId::uuid),
+        limit,
+    );
     sql
 }

@@ -2,7 +2,7 @@
 use chrono::{DateTime, Utc};
 use mosaic_api::{ApiResult, convert};
 use mosaic_core::TenantId;
-use mosaic_db::{Select, TenantTx, db_error};
+use mosaic_db::{Order, Select, TenantTx, db_error};
 use mosaic_proto::identity::ApiKey;
 use mosaic_tenant::Role;
 
@@ -90,11 +90,7 @@ pub(crate) fn list(after: Option<ApiKeyId>, show_revoked: bool, size: u32) -> Se
     if !show_revoked {
         sql.push(" AND revoked_at IS NULL");
     }
-    if let Some(after) = after {
-        sql.push(" AND api_key_id > ").push_bind(after.uuid());
-    }
-    sql.push(" ORDER BY api_key_id LIMIT ")
-        .push_bind(i64::from(size) + 1);
+    sql.keyset("api_key_id", Order::Asc, after.map(ApiKeyId::uuid), size);
     sql
 }
 

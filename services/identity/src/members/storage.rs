@@ -3,7 +3,7 @@
 
 use mosaic_api::{ApiError, ApiResult};
 use mosaic_core::TenantId;
-use mosaic_db::{HasMeta, RowMeta, Select, TenantTx, db_error};
+use mosaic_db::{HasMeta, Order, RowMeta, Select, TenantTx, db_error};
 use mosaic_proto::identity::Member;
 use mosaic_tenant::Role;
 use uuid::Uuid;
@@ -89,14 +89,10 @@ pub(crate) fn list(after: Option<MemberId>, role: Option<Role>, size: u32) -> Se
     let mut sql = Select::new(format!(
         "SELECT {SELECT} FROM memberships t WHERE t.tenant_id = $tenant"
     ));
-    if let Some(after) = after {
-        sql.push(" AND t.member_id > ").push_bind(after.uuid());
-    }
     if let Some(role) = role {
         sql.push(" AND t.role = ").push_bind(role.as_str());
     }
-    sql.push(" ORDER BY t.member_id LIMIT ")
-        .push_bind(i64::from(size) + 1);
+    sql.keyset("t.member_id", Order::Asc, after.map(MemberId::uuid), size);
     sql
 }
 
