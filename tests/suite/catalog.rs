@@ -98,7 +98,8 @@ async fn every_table_is_fenced_by_tenant() {
             }
         }
     }
-    // The only SECURITY DEFINER function is the documented one.
+    // The only SECURITY DEFINER functions are the documented ones:
+    // identity's user resolution and agents' public-key lookup.
     let definers: Vec<String> = sqlx::query_scalar(
         "SELECT n.nspname || '.' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
          WHERE p.prosecdef AND n.nspname = ANY($1)",
@@ -107,7 +108,9 @@ async fn every_table_is_fenced_by_tenant() {
     .fetch_all(&mut db)
     .await
     .unwrap();
-    if definers != ["identity.resolve_user"] {
+    let mut definers = definers;
+    definers.sort();
+    if definers != ["agents.lookup_public_key", "identity.resolve_user"] {
         problems.push(format!(
             "unexpected SECURITY DEFINER functions: {definers:?}"
         ));

@@ -9,6 +9,10 @@
 mod harness;
 
 mod access;
+mod agents_configs;
+mod agents_documents;
+mod agents_support;
+mod agents_workflows;
 mod auth;
 mod catalog;
 mod crm_activities;

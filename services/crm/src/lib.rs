@@ -30,7 +30,7 @@ use mosaic_proto::crm::{
     deal_service_server::DealServiceServer, score_service_server::ScoreServiceServer,
     signal_service_server::SignalServiceServer,
 };
-use mosaic_server::{Deps, PurgeTenant, Service, ServiceModule, add_services};
+use mosaic_server::{Deps, ExpiredRows, PurgeTenant, Service, ServiceModule, add_services};
 
 pub mod activities;
 pub mod audit;
@@ -98,6 +98,6 @@ impl ServiceModule for Crm {
     }
 
     fn purger(&self, db: &Database) -> Option<Arc<dyn PurgeTenant>> {
-        Some(Arc::new(purge::Purge::new(db.clone())))
+        Some(Arc::new(ExpiredRows::new(db.clone(), purge::TABLES)))
     }
 }

@@ -276,6 +276,13 @@ impl AccessView {
         }
     }
 
+    /// Whether `tenant` exists and is not deleted, as this view knows it (for
+    /// a path that learns its tenant from the database, not from a token:
+    /// agents' public-key lookup). UNAVAILABLE when it cannot be known.
+    pub async fn tenant_is_active(&self, tenant: TenantId) -> Result<bool, ApiError> {
+        Ok(self.tenant(tenant).await? == Some(false))
+    }
+
     fn revoked(&self, tenant: TenantId, principal: &str, issued_at: u64) -> bool {
         self.state()
             .revoked

@@ -5,7 +5,9 @@
 //! sets `mosaic.tenant_id` for that transaction only (`SET LOCAL`, sent in the
 //! same round trip as `BEGIN`). Row-level security does the rest. There is no
 //! public way to get a bare pool connection; the named exceptions are the
-//! migrator ([`migrate`], [`bootstrap`]) and [`Database::begin_platform`].
+//! migrator ([`migrate`], [`bootstrap`]), [`Database::begin_platform`] and
+//! [`Database::call_without_tenant`] (no tenant at all, so RLS shows nothing
+//! but what a reviewed SECURITY DEFINER function returns).
 //!
 //! - [`access`]: [`access::AccessView`], tenant states and revocations
 //!   published by identity, checked on every call.
@@ -14,6 +16,7 @@
 //! - [`error`]: SQLSTATE → [`mosaic_api::ApiError`].
 //! - [`audit`]: audit events, written in the caller's transaction, and listed.
 //! - [`idempotency`]: `request_id` replay, in the same transaction as the effect.
+//! - [`purge`]: removes soft-deleted rows past their retention, per tenant.
 //! - [`resource`]: the standard methods of a soft-deletable table (create
 //!   once, read, update, delete and undelete with audit), written once.
 //! - [`migrate`]: ordered, checksummed, lock-protected per-schema migrations.
@@ -27,6 +30,7 @@ pub mod error;
 pub mod idempotency;
 pub mod migrate;
 pub mod pool;
+pub mod purge;
 mod read_lane;
 pub mod resource;
 pub mod select;

@@ -133,6 +133,23 @@ impl Database {
         self.read(ctx, select).await
     }
 
+    /// The one path with no tenant at all: `sql` runs outside any tenant
+    /// transaction, so `mosaic.tenant_id` is unset and RLS hides every
+    /// tenant row; only a SECURITY DEFINER function of the schema (each one
+    /// named in the catalog test) can return anything. For agents'
+    /// `lookup_public_key`, which an edge service calls before it knows a
+    /// tenant. `sql` is a constant of the service, `arg` its one parameter.
+    pub async fn call_without_tenant<T>(&self, sql: &'static str, arg: &[u8]) -> ApiResult<Vec<T>>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        sqlx::query_as(sql)
+            .bind(arg)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
     /// The platform-admin path (the one named exception to tenant scoping):
     /// a read-only transaction under the platform role, whose policies allow
     /// reading across tenants. PERMISSION_DENIED unless the caller is a platform admin.

@@ -36,9 +36,15 @@ pub mod pb {
                 tonic::include_proto!("mosaic.crm.v1");
             }
         }
+        pub mod agents {
+            pub mod v1 {
+                tonic::include_proto!("mosaic.agents.v1");
+            }
+        }
     }
 }
 
+pub use pb::mosaic::agents::v1 as agents;
 pub use pb::mosaic::common::v1 as common;
 pub use pb::mosaic::crm::v1 as crm;
 pub use pb::mosaic::identity::v1 as identity;
@@ -111,6 +117,9 @@ stored_enums!(
     identity::Role,
     crm::DealStage,
     crm::ActivityKind,
+    agents::DocumentStatus,
+    agents::TriggerType,
+    agents::ExecutionStatus,
 );
 
 #[cfg(test)]

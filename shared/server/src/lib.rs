@@ -42,7 +42,7 @@ pub use config::ServerConfig;
 pub use health::{Health, HealthGroup, LIVENESS};
 pub use metrics::{CallMetrics, serve_metrics};
 pub use metrics_layer::{ClientGone, MetricsLayer};
-pub use module::{BoxFuture, Deps, PurgeTenant, Service, ServiceModule};
+pub use module::{BoxFuture, Deps, ExpiredRows, PurgeTenant, Service, ServiceModule};
 pub use serve::{PUBLIC_PREFIXES, ServeOptions, serve};
 pub use shutdown::{Shutdown, sigterm_or_ctrl_c};
 pub use telemetry::init_logging;

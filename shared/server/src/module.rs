@@ -25,6 +25,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use mosaic_api::ApiResult;
 use mosaic_core::{Env, Metrics, Probe, StartupError, TenantId};
+use mosaic_db::access::AccessView;
+use mosaic_db::purge::Expiring;
 use mosaic_db::{Database, ServiceSchema};
 use mosaic_tenant::TokenSettings;
 use tonic::server::NamedService;
@@ -80,6 +82,9 @@ pub struct Deps {
     pub db: Option<Database>,
     pub metrics: Metrics,
     pub tokens: TokenSettings,
+    /// The process's view of tenant states and revocations (what the auth
+    /// layer decides with), for a path that learns its tenant otherwise.
+    pub access: Arc<AccessView>,
     /// Fires when draining starts: long streams end on it.
     pub stop: Shutdown,
     /// The largest message a service decodes or encodes.
@@ -238,4 +243,39 @@ pub trait PurgeTenant: Send + Sync + 'static {
         tenant: TenantId,
         now: DateTime<Utc>,
     ) -> BoxFuture<'_, ApiResult<Vec<(&'static str, u64)>>>;
+}
+
+/// A service's part of `mosaic purge` when it is expired rows of its tables
+/// (`mosaic_db::purge`): reports `(table, count)` per table, and `request_ids`.
+#[derive(Debug)]
+pub struct ExpiredRows {
+    db: Database,
+    tables: &'static [Expiring],
+}
+
+impl ExpiredRows {
+    pub fn new(db: Database, tables: &'static [Expiring]) -> Self {
+        Self { db, tables }
+    }
+}
+
+impl PurgeTenant for ExpiredRows {
+    fn purge_tenant(
+        &self,
+        tenant: TenantId,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'_, ApiResult<Vec<(&'static str, u64)>>> {
+        Box::pin(async move {
+            let (counts, requests) =
+                mosaic_db::purge::purge_expired(&self.db, tenant, now, self.tables).await?;
+            let mut removed: Vec<(&'static str, u64)> = self
+                .tables
+                .iter()
+                .map(|expiring| expiring.table)
+                .zip(counts)
+                .collect();
+            removed.push(("request_ids", requests));
+            Ok(removed)
+        })
+    }
 }

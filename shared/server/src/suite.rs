@@ -147,6 +147,7 @@ pub async fn run(
             db,
             metrics: metrics.clone(),
             tokens: tokens.clone(),
+            access: access.clone(),
             stop: stop.clone(),
             max_message_bytes: config.max_message_bytes,
         };

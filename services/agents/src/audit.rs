@@ -1,0 +1,30 @@
+//! `AgentsAuditService`: the audit trail of agents mutations, listed by the shared
+//! implementation (`mosaic_db::audit::list`, admins and owners).
+
+use mosaic_db::{Database, TenantContext};
+use mosaic_proto::agents::agents_audit_service_server::AgentsAuditService;
+use mosaic_proto::common::{ListAuditEventsRequest, ListAuditEventsResponse};
+use tonic::{Request, Response, Status};
+
+#[derive(Debug)]
+pub struct Audit {
+    db: Database,
+}
+
+impl Audit {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentsAuditService for Audit {
+    async fn list_audit_events(
+        &self,
+        req: Request<ListAuditEventsRequest>,
+    ) -> Result<Response<ListAuditEventsResponse>, Status> {
+        let ctx = TenantContext::of(&req)?;
+        let page = mosaic_db::audit::list(&self.db, &ctx, req.get_ref()).await?;
+        Ok(Response::new(page))
+    }
+}
