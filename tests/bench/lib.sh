@@ -9,7 +9,7 @@
 #   bench_build ["<cargo args>"...]  # cargo build --release (default --bin mosaic)
 #   bench_start_suite                # sets BENCH_SUITE_PID, BENCH_COLD_START_MS
 #   bench_create_tenant              # sets BENCH_TENANT_ID, BENCH_TENANT_TOKEN
-#   bench_grpc_frame "$BENCH_TMP/get.bin" 1="$BENCH_TENANT_ID"
+#   bench_grpc_frame "$BENCH_TMP/get.bin" 1="$BENCH_TENANT_ID"   # N=text, N:int=7, N:hex=0801
 #   bench_h2load "GetTenant c=8" /mosaic.identity.v1.TenantService/GetTenant \
 #     "$BENCH_TMP/get.bin" "$BENCH_TENANT_TOKEN" 8 10      # sets BENCH_RPS
 #   bench_pgbench "4 statements c=8" script.sql simple 8 10  # sets BENCH_TPS
@@ -327,9 +327,10 @@ bench_create_tenant() {
   bench_say "tenant $BENCH_TENANT_ID created; owner token minted for user:$user"
 }
 
-# bench_grpc_frame <out> <field>=<string>...: writes one uncompressed gRPC message
+# bench_grpc_frame <out> <field>=<value>...: writes one uncompressed gRPC message
 # frame (flag 0, 4-byte big-endian length) holding a protobuf message made of the
-# given string/bytes fields (wire type 2), e.g. `1=<uuid>` for GetTenantRequest.
+# given fields: `1=<uuid>` a string (GetTenantRequest), `1:int=10` a varint,
+# `2:hex=08901c` an embedded message already encoded (a Duration of 3600 s).
 bench_grpc_frame() {
   local out=$1
   shift
@@ -350,7 +351,14 @@ def varint(n):
 msg = b""
 for arg in sys.argv[2:]:
     field, _, value = arg.partition("=")
-    data = value.encode()
+    if field.endswith(":int"):  # a varint field (int32, bool, enum)
+        msg += varint(int(field[:-4]) << 3) + varint(int(value))
+        continue
+    if field.endswith(":hex"):  # an embedded message, given encoded
+        data = bytes.fromhex(value)
+        field = field[:-4]
+    else:  # a string field
+        data = value.encode()
     msg += varint((int(field) << 3) | 2) + varint(len(data)) + data
 with open(sys.argv[1], "wb") as f:
     f.write(b"\x00" + struct.pack(">I", len(msg)) + msg)

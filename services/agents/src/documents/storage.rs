@@ -159,9 +159,28 @@ pub(crate) fn list_page(filter: &DocumentFilter, after: Option<DocumentId>, limi
     sql
 }
 
-/// Hands up to `max` claimable documents (PENDING, or PROCESSING with a
-/// lease that ran out), oldest first, to `claim` for `lease`. `SKIP LOCKED`:
-/// rows another claimer is taking right now are passed over, never shared.
+/// The claim: up to `$2` documents for claim `$3` and a lease of `$4`
+/// seconds. Those whose lease ran out first (longest expired first), then
+/// PENDING ones, oldest first; `SKIP LOCKED` passes over rows another
+/// claimer is taking right now, so no row is ever handed out twice. Each CTE
+/// reads its own partial index, and CTEs run only as far as they are read:
+/// the pending one not at all when expired leases fill the claim.
+pub(crate) const CLAIM: &str = "WITH expired AS ( \
+         SELECT c.document_id FROM documents c \
+         WHERE c.tenant_id = $1 AND c.status = 'processing' AND c.lease_expires_at <= now() \
+           AND c.deleted_at IS NULL \
+         ORDER BY c.lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+     pending AS ( \
+         SELECT c.document_id FROM documents c \
+         WHERE c.tenant_id = $1 AND c.status = 'pending' AND c.deleted_at IS NULL \
+         ORDER BY c.created_at, c.document_id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+     UPDATE documents AS t SET status = 'processing', claim_id = $3, \
+         lease_expires_at = now() + make_interval(secs => $4), \
+         attempt_count = t.attempt_count + 1, revision = t.revision + 1, updated_at = now() \
+     FROM (SELECT document_id FROM expired UNION ALL SELECT document_id FROM pending LIMIT $2) picked \
+     WHERE t.tenant_id = $1 AND t.document_id = picked.document_id";
+
+/// Runs [`CLAIM`]; the rows come back in no particular order.
 #[tracing::instrument(level = "debug", skip_all)]
 pub(crate) async fn claim(
     tx: &mut TenantTx,
@@ -170,25 +189,14 @@ pub(crate) async fn claim(
     lease: Duration,
 ) -> ApiResult<Vec<DocumentRow>> {
     let tenant = tx.tenant_id();
-    sqlx::query_as(&format!(
-        "UPDATE documents AS t SET status = 'processing', claim_id = $3, \
-         lease_expires_at = now() + make_interval(secs => $4), \
-         attempt_count = t.attempt_count + 1, revision = t.revision + 1, updated_at = now() \
-         WHERE t.tenant_id = $1 AND t.document_id IN ( \
-             SELECT c.document_id FROM documents c \
-             WHERE c.tenant_id = $1 AND c.deleted_at IS NULL \
-               AND c.status IN ('pending', 'processing') \
-               AND (c.status = 'pending' OR c.lease_expires_at <= now()) \
-             ORDER BY c.document_id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-         RETURNING {SELECT}"
-    ))
-    .bind(tenant)
-    .bind(i64::from(max))
-    .bind(claim)
-    .bind(lease.as_secs_f64())
-    .fetch_all(tx.conn())
-    .await
-    .map_err(db_error)
+    sqlx::query_as(&format!("{CLAIM} RETURNING {SELECT}"))
+        .bind(tenant)
+        .bind(i64::from(max))
+        .bind(claim)
+        .bind(lease.as_secs_f64())
+        .fetch_all(tx.conn())
+        .await
+        .map_err(db_error)
 }
 
 /// How a claimed document ends.

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Benchmark of the agents service against the floors it is compared to, in one run:
+#
+#   bash tests/bench/agents.sh
+#
+# Needs the local setup (PostgreSQL, Redis, roles, migrations, .data/mosaic.env,
+# grpcurl, h2load, pgbench, redis-benchmark). All on 127.0.0.1, about 4 minutes:
+#   1. builds the release `mosaic` binary and starts the suite on a free port;
+#   2. floors: grpc.health.v1.Health/Check over h2load (a trivial tonic unary: no
+#      token, no store, the floor of any gRPC call here) and redis-benchmark GET on
+#      the suite's Redis, at c=8 and c=32;
+#   3. GetAgent over gRPC beside pgbench of its transaction as mosaic_agents
+#      (BEGIN; SET LOCAL mosaic.tenant_id; the primary-key SELECT; COMMIT, -M simple);
+#   4. ClaimDocuments of 10 documents (one claim, a one-hour lease) over gRPC beside
+#      pgbench of the same transaction: BEGIN; SET LOCAL; the claim's UPDATE (the
+#      CLAIM statement of services/agents/src/documents/storage.rs, with its RETURNING);
+#      its audit INSERT; COMMIT. Each side claims from its own tenant's
+#      BENCH_CLAIM_DOCS (600,000) pending documents, seeded by the admin login, and
+#      the script fails if either ran dry (an empty claim is cheap and would flatter);
+#   5. prints every figure and the ratios, with the claim's plan.
+#
+# Knobs: BENCH_SECONDS (8), BENCH_CONCURRENCY ("8 32"), BENCH_CLAIM_DOCS (600000),
+# BENCH_SKIP_BUILD=1, and those of tests/bench/lib.sh.
+set -euo pipefail
+
+# shellcheck source=tests/bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+secs=${BENCH_SECONDS:-8}
+read -r -a concurrency <<<"${BENCH_CONCURRENCY:-8 32}"
+claim_docs=${BENCH_CLAIM_DOCS:-600000}
+role=mosaic_agents
+svc=mosaic.agents.v1
+
+bench_init
+bench_require_tools
+command -v redis-benchmark >/dev/null || bench_die "redis-benchmark missing (Debian package redis-tools)"
+bench_host_info
+bench_build
+bench_start_suite
+bench_create_tenant "bench agents"
+tenant=$BENCH_TENANT_ID
+token=$BENCH_TENANT_TOKEN
+
+# --- an agent, one checked GetAgent ----------------------------------------------------
+out=$(bench_grpc "$token" "$svc.AgentService/CreateAgent" \
+  '{"agent":{"display_name":"Bench agent","model":"gpt-4o-mini","temperature":"0.7","system_prompt":"You answer questions about the product, briefly and politely.","enabled":true,"voice_settings":{"voice":"alloy","speed":1.1},"metadata":{"team":"support"}}}') ||
+  bench_die "CreateAgent failed: $out"
+agent=$(printf '%s' "$out" | bench_json_get agentId)
+reply=$(bench_grpc "$token" "$svc.AgentService/GetAgent" "{\"agent_id\":\"$agent\"}") ||
+  bench_die "GetAgent failed: $reply"
+[ "$(printf '%s' "$reply" | bench_json_get temperature)" = "0.70" ] || bench_die "GetAgent: $reply"
+bench_say "agent $agent created and read back"
+get_body="$BENCH_TMP/get_agent.bin"
+bench_grpc_frame "$get_body" 1="$agent" # GetAgentRequest { agent_id = 1 }
+health_body="$BENCH_TMP/health.bin"
+bench_grpc_frame "$health_body" # HealthCheckRequest {} (the whole server)
+
+agent_cols="t.agent_id, t.display_name, t.system_prompt, t.model, t.temperature_centi, t.voice_settings, t.enabled, t.metadata, t.public_key_prefix, t.public_key_created_at, t.revision, t.created_at, t.updated_at, t.deleted_at"
+get_sql="$BENCH_TMP/get_agent.sql"
+printf '%s\n' 'BEGIN;' "SET LOCAL mosaic.tenant_id = '$tenant';" \
+  "SELECT $agent_cols FROM agents t WHERE t.tenant_id = '$tenant' AND t.agent_id = '$agent';" 'COMMIT;' >"$get_sql"
+rows=$(bench_psql "$role" -At -f "$get_sql") || bench_die "the GetAgent script fails in psql"
+[ "$(printf '%s\n' "$rows" | grep -c "^$agent|")" = 1 ] || bench_die "the GetAgent script does not read the agent as $role"
+
+# --- documents to claim: one tenant for gRPC, one for pgbench ---------------------------
+bench_create_tenant "bench agents pgbench"
+pg_tenant=$BENCH_TENANT_ID
+seed() {
+  bench_psql mosaic_admin -c "INSERT INTO agents.documents (tenant_id, document_id, display_name, source_uri, metadata)
+    SELECT '$1', gen_random_uuid(), 'Guide ' || i, 'https://docs.bench.example/' || i || '.pdf', '{\"lang\": \"en\"}'
+    FROM generate_series(1, $claim_docs) AS i" >/dev/null || bench_die "could not seed documents"
+}
+t0=$(bench_now_ms)
+seed "$tenant"
+seed "$pg_tenant"
+bench_psql mosaic_admin -c "VACUUM ANALYZE agents.documents" >/dev/null || bench_die "VACUUM ANALYZE failed"
+bench_say "seeded $claim_docs pending documents in each of two tenants in $(($(bench_now_ms) - t0)) ms"
+pending() {
+  bench_psql mosaic_admin -At -c "SELECT count(*) FROM agents.documents WHERE tenant_id = '$1' AND status = 'pending'"
+}
+
+claim_body="$BENCH_TMP/claim.bin"
+bench_grpc_frame "$claim_body" 1:int=10 2:hex=08901c # max_documents 10, lease { seconds: 3600 }
+document_cols="t.document_id, t.agent_id, t.display_name, t.source_uri, t.metadata, CASE WHEN (t.status = 'processing' AND t.lease_expires_at <= now()) THEN 'pending' ELSE t.status END AS status, CASE WHEN (t.status = 'processing' AND t.lease_expires_at <= now()) THEN NULL ELSE t.claim_id END AS claim_id, CASE WHEN (t.status = 'processing' AND t.lease_expires_at <= now()) THEN NULL ELSE t.lease_expires_at END AS lease_expires_at, t.claim_id AS last_claim_id, t.attempt_count, t.chunk_count, t.vector_count, t.error, t.revision, t.created_at, t.updated_at, t.deleted_at"
+claim_update() { # <tenant> <claim id expression>
+  printf '%s' "WITH expired AS (SELECT c.document_id FROM documents c WHERE c.tenant_id = '$1' AND c.status = 'processing' AND c.lease_expires_at <= now() AND c.deleted_at IS NULL ORDER BY c.lease_expires_at LIMIT 10 FOR UPDATE SKIP LOCKED), pending AS (SELECT c.document_id FROM documents c WHERE c.tenant_id = '$1' AND c.status = 'pending' AND c.deleted_at IS NULL ORDER BY c.created_at, c.document_id LIMIT 10 FOR UPDATE SKIP LOCKED) UPDATE documents AS t SET status = 'processing', claim_id = $2, lease_expires_at = now() + make_interval(secs => 3600::float8), attempt_count = t.attempt_count + 1, revision = t.revision + 1, updated_at = now() FROM (SELECT document_id FROM expired UNION ALL SELECT document_id FROM pending LIMIT 10) picked WHERE t.tenant_id = '$1' AND t.document_id = picked.document_id"
+}
+claim_sql="$BENCH_TMP/claim.sql"
+printf '%s\n' 'BEGIN;' "SET LOCAL mosaic.tenant_id = '$pg_tenant';" \
+  "$(claim_update "$pg_tenant" "gen_random_uuid()") RETURNING $document_cols;" \
+  "INSERT INTO audit_events (tenant_id, event_id, actor, action, resource_type, resource_id, request_id, details) VALUES ('$pg_tenant', gen_random_uuid(), 'user:bench', 'document.claim', 'claim', gen_random_uuid()::text, gen_random_uuid()::text, '{\"document_ids\": []}');" \
+  'COMMIT;' >"$claim_sql"
+claimed=$(bench_psql "$role" -At -f "$claim_sql" | grep -c '|processing|') || true
+[ "$claimed" = 10 ] || bench_die "the claim script does not claim 10 documents as $role (claimed $claimed)"
+plan=$(bench_psql "$role" -At -c "BEGIN; SET LOCAL mosaic.tenant_id = '$pg_tenant'; EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) $(claim_update "$pg_tenant" "gen_random_uuid()"); ROLLBACK;" |
+  grep -vE '^(BEGIN|SET|ROLLBACK)$' | sed 's/^/   /')
+
+# --- load ----------------------------------------------------------------------------------
+declare -A floor_rps redis_rps get_rps get_tps claim_rps claim_tps
+for c in "${concurrency[@]}"; do
+  bench_h2load "Health/Check c=$c" /grpc.health.v1.Health/Check "$health_body" "$token" "$c" "$secs"
+  floor_rps[$c]=$BENCH_RPS
+  redis_rps[$c]=$(redis-benchmark -h "${BENCH_REDIS_HOST:-127.0.0.1}" -p "${BENCH_REDIS_PORT:-6379}" \
+    -t get -c "$c" -n $((c * 25000)) -q --csv | awk -F'"' '/^"GET"/ {print $4}')
+  [ -n "${redis_rps[$c]}" ] || bench_die "redis-benchmark printed no GET figure"
+  bench_say "redis-benchmark GET c=$c: ${redis_rps[$c]} req/s"
+  bench_h2load "GetAgent c=$c" "/$svc.AgentService/GetAgent" "$get_body" "$token" "$c" "$secs"
+  get_rps[$c]=$BENCH_RPS
+  bench_pgbench "GetAgent pgbench c=$c" "$role" "$get_sql" simple "$c" "$secs"
+  get_tps[$c]=$BENCH_TPS
+  bench_h2load "ClaimDocuments(10) c=$c" "/$svc.DocumentService/ClaimDocuments" "$claim_body" "$token" "$c" "$secs"
+  claim_rps[$c]=$BENCH_RPS
+  bench_pgbench "claim pgbench c=$c" "$role" "$claim_sql" simple "$c" "$secs"
+  claim_tps[$c]=$BENCH_TPS
+  for t in "$tenant" "$pg_tenant"; do
+    left=$(pending "$t")
+    [ "$left" -gt 0 ] || bench_die "tenant $t ran out of pending documents: raise BENCH_CLAIM_DOCS"
+  done
+done
+peak_rss=$(bench_peak_rss_mib)
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- report ----------------------------------------------------------------------------------
+echo
+echo "Floors: a trivial tonic unary (grpc.health.v1.Health/Check, h2load -m 1) and redis-benchmark GET, ~${secs}s each:"
+printf '%-4s %16s %18s\n' c "Health req/s" "redis GET req/s"
+for c in "${concurrency[@]}"; do
+  printf '%-4s %16.0f %18.0f\n' "$c" "${floor_rps[$c]}" "${redis_rps[$c]}"
+done
+echo
+echo "GetAgent over gRPC vs pgbench of BEGIN; SET LOCAL; SELECT; COMMIT as $role (-M simple):"
+printf '%-4s %14s %14s %14s %16s\n' c "gRPC req/s" "pgbench TPS" "grpc/pgbench" "grpc/Health"
+for c in "${concurrency[@]}"; do
+  printf '%-4s %14.0f %14.0f %14s %16s\n' "$c" "${get_rps[$c]}" "${get_tps[$c]}" \
+    "$(bench_ratio "${get_rps[$c]}" "${get_tps[$c]}")" "$(bench_ratio "${get_rps[$c]}" "${floor_rps[$c]}")"
+done
+echo
+echo "ClaimDocuments of 10 over gRPC vs pgbench of the same claim transaction as $role (-M simple):"
+printf '%-4s %14s %14s %14s\n' c "gRPC req/s" "pgbench TPS" "grpc/pgbench"
+for c in "${concurrency[@]}"; do
+  printf '%-4s %14.0f %14.0f %14s\n' "$c" "${claim_rps[$c]}" "${claim_tps[$c]}" \
+    "$(bench_ratio "${claim_rps[$c]}" "${claim_tps[$c]}")"
+done
+echo "pending documents left: gRPC tenant $(pending "$tenant"), pgbench tenant $(pending "$pg_tenant") (of $claim_docs each)"
+echo "the claim's plan:"
+printf '%s\n' "$plan"
+echo "suite peak RSS (VmHWM): ${peak_rss} MiB"
+bench_suite_log_report
+echo "loadavg at end: $load_end (nproc $(nproc); h2load, redis-benchmark, the suite and PostgreSQL share these cores)"
