@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use mosaic_api::ApiResult;
+use mosaic_cache::Cache;
 use mosaic_core::{Env, Metrics, Probe, StartupError, TenantId};
 use mosaic_db::{Database, ServiceSchema};
 use mosaic_tenant::TokenSettings;
@@ -79,6 +80,11 @@ pub struct Deps {
     /// The service's pool, logged in as its runtime role, when it has a schema.
     pub db: Option<Database>,
     pub metrics: Metrics,
+    /// The service's cache-aside on the process's Redis (keys
+    /// `mosaic:{<tenant>}:<service>:...`); shares one breaker with the rate
+    /// limiter, and is off (every lookup `Unavailable`) with
+    /// `MOSAIC_CACHE_TTL_SECS=0`. See `mosaic_cache::cache`.
+    pub cache: Cache,
     pub tokens: TokenSettings,
     /// Fires when draining starts: long streams end on it.
     pub stop: Shutdown,
