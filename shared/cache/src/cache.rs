@@ -277,10 +277,8 @@ impl Cache {
         id: impl Display,
     ) -> ApiResult<CacheKey> {
         let tenant = ctx.tenant_id()?;
-        let mut key = format!("mosaic:{{{tenant}}}:{}:", self.service);
-        push_encoded(&mut key, kind);
-        key.push(':');
-        push_encoded(&mut key, id);
+        let (kind_part, id_part) = (encoded(kind), encoded(id));
+        let key = mosaic_core::keys::redis_key(tenant, &[&self.service, &kind_part, &id_part]);
         Ok(CacheKey { key, kind })
     }
 
@@ -290,11 +288,12 @@ impl Cache {
     /// cross-tenant path may use it, and the value it caches must name the
     /// tenant it resolved to.
     pub fn platform_key(&self, kind: &'static str, id: impl Display) -> CacheKey {
-        let mut key = format!("mosaic:platform:{}:", self.service);
-        push_encoded(&mut key, kind);
-        key.push_str(":{");
-        push_encoded(&mut key, id);
-        key.push('}');
+        let key = format!(
+            "mosaic:platform:{}:{}:{{{}}}",
+            self.service,
+            encoded(kind),
+            encoded(id)
+        );
         CacheKey { key, kind }
     }
 
@@ -428,18 +427,19 @@ impl Cache {
     }
 }
 
-/// Appends `part`, percent-encoding every byte outside `[A-Za-z0-9._-]`
-/// (so `:`, `{` and `}` never reach a key from an id).
-fn push_encoded(key: &mut String, part: impl Display) {
-    let mut raw = String::new();
-    let _ = write!(raw, "{part}");
+/// `part`, percent-encoded outside `[A-Za-z0-9._-]` (so `:`, `{` and `}`
+/// never reach a key from an id).
+fn encoded(part: impl Display) -> String {
+    let raw = part.to_string();
+    let mut out = String::with_capacity(raw.len());
     for byte in raw.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
-            key.push(char::from(byte));
+            out.push(char::from(byte));
         } else {
-            let _ = write!(key, "%{byte:02X}");
+            let _ = write!(out, "%{byte:02X}");
         }
     }
+    out
 }
 
 fn millis(d: std::time::Duration) -> u64 {
