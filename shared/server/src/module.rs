@@ -9,6 +9,8 @@
 //! - its PostgreSQL schema, if it has one: the kit then connects its pool
 //!   (lazily), registers the pool's metrics, probes it for health, and closes
 //!   it at shutdown;
+//! - nothing for its cache: every service gets its own [`Deps::cache`]
+//!   (keys `mosaic:{<tenant>}:<name>:...`) on the process's one Redis handle;
 //! - the methods callable without a token;
 //! - [`ServiceModule::build`]: its gRPC services (added with
 //!   [`add_services!`](crate::add_services), which applies the message size
