@@ -21,7 +21,8 @@
 //!   value that an invalidation it acknowledged should have removed.
 //! - **Telling.** Each transition is logged once (opening with its cause;
 //!   closing with how long it was open and how many calls went without
-//!   Redis), never once per call; the metrics carry `mosaic_redis_up`,
+//!   Redis), never once per call, and a breaker that flaps logs one opening
+//!   every 10 s at most (the others at debug level, counted in the next); the metrics carry `mosaic_redis_up`,
 //!   `mosaic_redis_breaker_opens_total`, `mosaic_redis_calls_skipped_total`,
 //!   `mosaic_redis_errors_total` and `mosaic_redis_deferred_invalidations`.
 //!
@@ -49,7 +50,8 @@ use crate::metrics::CacheMetrics;
 /// How long making a connection may take (in the background, or bounded by
 /// the call timeout when a call waits for it).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Least time between two warnings about errors that do not open the breaker.
+/// Least time between two warnings about errors that do not open the
+/// breaker, and between two loudly logged openings.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Most invalidations kept while Redis cannot be reached; past it the oldest
 /// guarantee falls back to the entries' TTL (and a warning says so).
@@ -132,8 +134,12 @@ struct Inner {
     probing: AtomicBool,
     /// Consecutive failures while closed.
     failures: AtomicU32,
-    /// When the breaker opened, and the skipped count then.
-    opened_at: Mutex<Option<(Instant, u64)>>,
+    /// Since when the breaker is open, if it is.
+    opened: Mutex<Option<Opened>>,
+    /// When a transition was last logged at warn/info level.
+    last_loud: Mutex<Option<Instant>>,
+    /// Openings logged only at debug level since the last loud one.
+    quiet_opens: AtomicU64,
     opens: AtomicU64,
     skipped: AtomicU64,
     errors: AtomicU64,
@@ -173,7 +179,9 @@ impl Redis {
                 open: AtomicBool::new(false),
                 probing: AtomicBool::new(false),
                 failures: AtomicU32::new(0),
-                opened_at: Mutex::new(None),
+                opened: Mutex::new(None),
+                last_loud: Mutex::new(None),
+                quiet_opens: AtomicU64::new(0),
                 opens: AtomicU64::new(0),
                 skipped: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
@@ -348,16 +356,25 @@ impl Redis {
             return;
         }
         inner.opens.fetch_add(1, Ordering::Relaxed);
-        *inner
-            .opened_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) =
-            Some((Instant::now(), inner.skipped.load(Ordering::Relaxed)));
-        tracing::warn!(
-            error = %cause,
-            probe_every_ms = inner.config.probe_interval.as_millis() as u64,
-            "redis breaker open: calls go on without redis until it answers again"
-        );
+        let loud = inner.loud_now();
+        *inner.opened.lock().unwrap_or_else(PoisonError::into_inner) = Some(Opened {
+            at: Instant::now(),
+            skipped_before: inner.skipped.load(Ordering::Relaxed),
+            loud,
+        });
+        let probe_every_ms = inner.config.probe_interval.as_millis() as u64;
+        if loud {
+            tracing::warn!(
+                redis = %inner.config.urls[0],
+                error = %cause,
+                probe_every_ms,
+                reopened_quietly = inner.quiet_opens.swap(0, Ordering::Relaxed),
+                "redis breaker open: calls go on without redis until it answers again"
+            );
+        } else {
+            inner.quiet_opens.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %cause, "redis breaker open again");
+        }
         self.ensure_probe();
     }
 
@@ -408,20 +425,28 @@ async fn probe(weak: Weak<Inner>) {
                 inner.failures.store(0, Ordering::Relaxed);
                 inner.open.store(false, Ordering::Release);
                 drop(deferred);
-                let (since, skipped_before) = inner
-                    .opened_at
+                let opened = inner
+                    .opened
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .take()
-                    .unwrap_or((Instant::now(), 0));
-                tracing::info!(
-                    open_ms = since.elapsed().as_millis() as u64,
-                    calls_skipped = inner
+                    .take();
+                if let Some(opened) = opened {
+                    let open_ms = opened.at.elapsed().as_millis() as u64;
+                    let calls_skipped = inner
                         .skipped
                         .load(Ordering::Relaxed)
-                        .saturating_sub(skipped_before),
-                    "redis breaker closed: redis answers again"
-                );
+                        .saturating_sub(opened.skipped_before);
+                    if opened.loud {
+                        tracing::info!(
+                            redis = %inner.config.urls[0],
+                            open_ms,
+                            calls_skipped,
+                            "redis breaker closed: redis answers again"
+                        );
+                    } else {
+                        tracing::debug!(open_ms, calls_skipped, "redis breaker closed again");
+                    }
+                }
                 return;
             }
             Err(e) => {
@@ -433,7 +458,31 @@ async fn probe(weak: Weak<Inner>) {
     }
 }
 
+/// An open breaker's record.
+struct Opened {
+    at: Instant,
+    /// `skipped` when it opened.
+    skipped_before: u64,
+    /// Whether its opening was logged at warn level (its closing then is at info).
+    loud: bool,
+}
+
 impl Inner {
+    /// Whether a transition may be logged loudly now: at most one opening
+    /// every [`WARN_EVERY`], so a flapping Redis logs a few lines, not two
+    /// per probe interval (the metrics count every opening).
+    fn loud_now(&self) -> bool {
+        let mut last = self
+            .last_loud
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
     async fn connect(&self) -> redis::RedisResult<Conn> {
         let made = async {
             match &self.target {

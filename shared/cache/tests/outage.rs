@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use mosaic_cache::{
@@ -19,6 +20,46 @@ use mosaic_tenant::TenantContext;
 use support::{RedisServer, TempDir, cache_config, eventually, handle, percentiles};
 
 const TIMEOUT: Duration = Duration::from_millis(50);
+
+/// Every log line of this test binary, as text.
+fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Sink(sink.clone()))
+            .init();
+        logs
+    })
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How many logged lines mention Redis on `port` and say `what`.
+fn logged(port: u16, what: &str) -> usize {
+    let text = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    let at = format!("127.0.0.1:{port}");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(&at) && line.contains(what))
+        .collect();
+    println!("{}", lines.join("\n"));
+    lines.len()
+}
 
 /// 200 cache lookups and 200 limiter checks during the outage: how long each took.
 async fn during_outage(
@@ -59,6 +100,7 @@ fn report(phase: &str, gets: Vec<Duration>, checks: Vec<Duration>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_costs_calls_nothing_once_the_breaker_is_open() {
+    logs();
     let dir = TempDir::new("redis-outage");
     let mut server = RedisServer::start(&dir);
     let redis = handle(RedisConfig {
@@ -124,6 +166,9 @@ async fn an_outage_costs_calls_nothing_once_the_breaker_is_open() {
         matches!(cache.get(&key).await, Lookup::Miss(_)),
         "the value invalidated during the outage is never served"
     );
+    // Hundreds of calls went without Redis; the log says so once each way.
+    assert_eq!(logged(server.port, "redis breaker open"), 1);
+    assert_eq!(logged(server.port, "redis breaker closed"), 1);
     let text = metrics.render().unwrap();
     assert!(
         text.contains("mosaic_redis_breaker_opens_total 1"),
