@@ -267,6 +267,18 @@ impl Cache {
         self.service
     }
 
+    /// This cache with entries that live `ttl` instead (a zero `ttl` turns
+    /// it off), e.g. a short one for a platform lookup that must notice
+    /// soon a change it is not told of (a tenant deleted in identity).
+    pub fn with_ttl(&self, ttl: std::time::Duration) -> Self {
+        let mut cache = self.clone();
+        cache.config.ttl = ttl;
+        if ttl.is_zero() {
+            cache.redis = None;
+        }
+        cache
+    }
+
     /// The key of `kind` `id` (`"config"`, an agent id) in the caller's
     /// tenant: `mosaic:{<tenant>}:<service>:<kind>:<id>`. PERMISSION_DENIED
     /// for a token without a tenant, as for the database.

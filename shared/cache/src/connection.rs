@@ -53,8 +53,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Least time between two warnings about errors that do not open the
 /// breaker, and between two loudly logged openings.
 const WARN_EVERY: Duration = Duration::from_secs(10);
-/// Most invalidations kept while Redis cannot be reached; past it the oldest
-/// guarantee falls back to the entries' TTL (and a warning says so).
+/// Most invalidations kept while Redis cannot be reached; past it those kept
+/// are dropped and fall back to the entries' TTL (a warning says so).
 const MAX_DEFERRED: usize = 100_000;
 
 /// Why a call went on without Redis.
@@ -279,7 +279,10 @@ impl Redis {
         };
         match result {
             Ok(value) => {
-                inner.failures.store(0, Ordering::Relaxed);
+                // Read first: a write on every call would bounce the cache line.
+                if inner.failures.load(Ordering::Relaxed) != 0 {
+                    inner.failures.store(0, Ordering::Relaxed);
+                }
                 Ok(value)
             }
             Err(e) => {
@@ -309,7 +312,7 @@ impl Redis {
             if deferred.len() >= MAX_DEFERRED {
                 tracing::warn!(
                     kept = deferred.len(),
-                    "too many cache invalidations waiting for Redis: the oldest fall back to the entries' TTL"
+                    "too many cache invalidations waiting for redis: those kept fall back to the entries' TTL"
                 );
                 deferred.clear();
             }
@@ -380,7 +383,8 @@ impl Redis {
 
     /// Starts the probe unless one is running.
     fn ensure_probe(&self) {
-        if !self.inner.probing.swap(true, Ordering::AcqRel) {
+        let probing = &self.inner.probing;
+        if !probing.load(Ordering::Acquire) && !probing.swap(true, Ordering::AcqRel) {
             tokio::spawn(probe(Arc::downgrade(&self.inner)));
         }
     }

@@ -67,6 +67,15 @@ async fn miss_fill_hit_invalidate() {
     assert_eq!(hit(cache.get(&key).await), entry);
     let ttl: i64 = raw().await.pttl(key.as_str()).await.unwrap();
     assert!(ttl > 25_000 && ttl <= 30_000, "the TTL from config: {ttl}");
+    let short = cache.with_ttl(Duration::from_secs(2));
+    let brief = short.platform_key("pubkey", uuid::Uuid::now_v7().simple());
+    let token = miss(short.get(&brief).await);
+    assert_eq!(
+        short.fill(token, Entry::new(b"t".to_vec())).await,
+        Filled::Stored
+    );
+    let ttl: i64 = raw().await.pttl(brief.as_str()).await.unwrap();
+    assert!(ttl > 0 && ttl <= 2_000, "a cache's own TTL: {ttl}");
     let lease: bool = raw().await.exists(key.lease_key()).await.unwrap();
     assert!(!lease, "a fill ends its lease");
 
