@@ -26,7 +26,7 @@ pub struct RedisConfig {
     /// Longest a call waits on Redis (connecting included) before it goes on
     /// without it.
     pub timeout: Duration,
-    /// Consecutive failed calls that open the breaker.
+    /// Failed calls in a row, or within one second, that open the breaker.
     pub breaker_failures: u32,
     /// How often an open breaker's probe PINGs Redis.
     pub probe_interval: Duration,

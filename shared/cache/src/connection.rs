@@ -7,8 +7,9 @@
 //!   starts while Redis is down.
 //! - **Deadline.** Every call, connecting included, is bounded by
 //!   `MOSAIC_REDIS_TIMEOUT_MS`.
-//! - **Breaker.** `MOSAIC_REDIS_BREAKER_FAILURES` consecutive failed calls
-//!   (refused, reset, timed out, cluster down) open it. While it is open no
+//! - **Breaker.** `MOSAIC_REDIS_BREAKER_FAILURES` failed calls (refused,
+//!   reset, timed out, cluster down) in a row, or within one second
+//!   ([`FAILURE_WINDOW`]) whatever succeeded in between, open it. While it is open no
 //!   call touches Redis: [`Redis::run`] answers [`Unavailable`] at once, so
 //!   an outage costs a call nothing (the limiter allows, the cache misses).
 //!   A background probe PINGs Redis every `MOSAIC_REDIS_PROBE_INTERVAL_MS`
@@ -53,6 +54,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Least time between two warnings about errors that do not open the
 /// breaker, and between two loudly logged openings.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// The window in which `MOSAIC_REDIS_BREAKER_FAILURES` failed calls open the
+/// breaker. Successes in between do not reset it: with one Cluster master
+/// down, a third of the calls fail and the rest succeed, and the breaker
+/// must still open.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(1);
 /// Most invalidations kept while Redis cannot be reached; past it those kept
 /// are dropped and fall back to the entries' TTL (a warning says so).
 const MAX_DEFERRED: usize = 100_000;
@@ -132,8 +138,12 @@ struct Inner {
     /// Whether a probe task is alive (one that died with its runtime is
     /// started again by the next call that finds the breaker open).
     probing: AtomicBool,
-    /// Consecutive failures while closed.
+    /// Failed calls in the current failure window, and when it began
+    /// (milliseconds after `started`).
     failures: AtomicU32,
+    window_start: AtomicU64,
+    /// Failed calls since the last success.
+    consecutive: AtomicU32,
     /// Since when the breaker is open, if it is.
     opened: Mutex<Option<Opened>>,
     /// When a transition was last logged at warn/info level.
@@ -179,6 +189,8 @@ impl Redis {
                 open: AtomicBool::new(false),
                 probing: AtomicBool::new(false),
                 failures: AtomicU32::new(0),
+                window_start: AtomicU64::new(0),
+                consecutive: AtomicU32::new(0),
                 opened: Mutex::new(None),
                 last_loud: Mutex::new(None),
                 quiet_opens: AtomicU64::new(0),
@@ -280,16 +292,17 @@ impl Redis {
         match result {
             Ok(value) => {
                 // Read first: a write on every call would bounce the cache line.
-                if inner.failures.load(Ordering::Relaxed) != 0 {
-                    inner.failures.store(0, Ordering::Relaxed);
+                if inner.consecutive.load(Ordering::Relaxed) != 0 {
+                    inner.consecutive.store(0, Ordering::Relaxed);
                 }
                 Ok(value)
             }
             Err(e) => {
                 inner.errors.fetch_add(1, Ordering::Relaxed);
                 if is_outage(&e) {
-                    let failures = inner.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                    if failures >= inner.config.breaker_failures {
+                    let in_window = inner.count_failure();
+                    let in_a_row = inner.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                    if in_window.max(in_a_row) >= inner.config.breaker_failures {
                         self.open(&e);
                     }
                 } else {
@@ -427,6 +440,7 @@ async fn probe(weak: Weak<Inner>) {
                     continue;
                 }
                 inner.failures.store(0, Ordering::Relaxed);
+                inner.consecutive.store(0, Ordering::Relaxed);
                 inner.open.store(false, Ordering::Release);
                 drop(deferred);
                 let opened = inner
@@ -472,6 +486,33 @@ struct Opened {
 }
 
 impl Inner {
+    /// Counts one failed call; returns the failures in the current window
+    /// of [`FAILURE_WINDOW`] (a new window starts with this one when the
+    /// last is over). Approximate under races, which only shifts the
+    /// opening by a call.
+    fn count_failure(&self) -> u32 {
+        let now = self.millis();
+        let start = self.window_start.load(Ordering::Relaxed);
+        let window = u64::try_from(FAILURE_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(start) >= window
+            && self
+                .window_start
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.failures.store(1, Ordering::Relaxed);
+            return 1;
+        }
+        self.failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Milliseconds since `started`, plus one (so 0 can mean "never").
+    fn millis(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
     /// Whether a transition may be logged loudly now: at most one opening
     /// every [`WARN_EVERY`], so a flapping Redis logs a few lines, not two
     /// per probe interval (the metrics count every opening).

@@ -7,7 +7,7 @@
 //!   environment.
 //! - [`connection`]: [`Redis`], the process's one handle, shared by the
 //!   limiter and every service's cache: short timeouts, a breaker that opens
-//!   on consecutive failures and a background PING probe that closes it,
+//!   on a few failures in a second and a background PING probe that closes it,
 //!   each transition logged once and exposed as metrics.
 //! - [`cache`]: [`Cache`], cache-aside for one service. Keys are made only
 //!   from a `TenantContext` (`mosaic:{<tenant>}:<service>:<kind>:<id>`) or,

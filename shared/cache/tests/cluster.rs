@@ -91,3 +91,60 @@ async fn the_limiter_and_the_cache_work_unchanged_on_a_cluster() {
         assert!(keys > 0, "master {} holds no key", node.port);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_down_opens_the_one_breaker_until_the_cluster_answers_again() {
+    let mut cluster = RedisCluster::start();
+    let redis = handle(RedisConfig {
+        urls: cluster.urls().into_iter().map(Secret::url).collect(),
+        timeout: Duration::from_millis(200),
+        breaker_failures: 3,
+        probe_interval: Duration::from_millis(100),
+    });
+    let cache = Cache::new("agents", cache_config(), redis.clone());
+    let keys: Vec<_> = (0..30)
+        .map(|_| {
+            let ctx = TenantContext::system(TenantId::new(), "test");
+            cache.key(&ctx, "config", "a").unwrap()
+        })
+        .collect();
+    for key in &keys {
+        assert!(matches!(cache.get(key).await, Lookup::Miss(_)));
+    }
+
+    cluster.nodes[1].kill();
+    // Keys on the dead master fail; soon the breaker opens and no call waits.
+    let start = std::time::Instant::now();
+    while !redis.is_open() {
+        for key in &keys {
+            let _ = cache.get(key).await;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the breaker opens"
+        );
+    }
+    let start = std::time::Instant::now();
+    for key in &keys {
+        assert!(matches!(cache.get(key).await, Lookup::Unavailable));
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // The master comes back with its slots (its cluster config file is kept).
+    cluster.nodes[1].restart();
+    cluster.wait_ok();
+    support::eventually(Duration::from_secs(20), "the breaker closes", || {
+        !redis.is_open()
+    })
+    .await;
+    for key in &keys {
+        assert!(matches!(
+            cache.get(key).await,
+            Lookup::Hit(_) | Lookup::Miss(_)
+        ));
+    }
+}

@@ -191,13 +191,19 @@ impl RedisCluster {
             "cluster create: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        for node in &nodes {
+        let cluster = Self { nodes, _dir: dir };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every node says `cluster_state:ok`.
+    pub fn wait_ok(&self) {
+        for node in &self.nodes {
             wait_until(Duration::from_secs(20), "the cluster is ok", || {
                 cli(node.port, &["CLUSTER", "INFO"])
                     .is_some_and(|out| out.contains("cluster_state:ok"))
             });
         }
-        Self { nodes, _dir: dir }
     }
 
     pub fn urls(&self) -> Vec<String> {
