@@ -9,28 +9,30 @@
 //!   `MOSAIC_REDIS_TIMEOUT_MS`.
 //! - **Breaker.** `MOSAIC_REDIS_BREAKER_FAILURES` failed calls (refused,
 //!   reset, timed out, cluster down) in a row, or within one second
-//!   ([`FAILURE_WINDOW`]) whatever succeeded in between, open it. While it is open no
-//!   call touches Redis: [`Redis::run`] answers [`Unavailable`] at once, so
-//!   an outage costs a call nothing (the limiter allows, the cache misses).
-//!   A background probe PINGs Redis every `MOSAIC_REDIS_PROBE_INTERVAL_MS`
-//!   (making a fresh connection when the last PING failed) and closes the
-//!   breaker once Redis answers within the call timeout. A server's error
-//!   reply to a command (a script error) is not an outage and does not count.
+//!   ([`FAILURE_WINDOW`]) whatever succeeded in between, open it. While it
+//!   is open no call touches Redis: [`Redis::run`] answers [`Unavailable`]
+//!   at once, so an outage costs a call nothing (the limiter allows, the
+//!   cache misses). A background probe PINGs Redis every
+//!   `MOSAIC_REDIS_PROBE_INTERVAL_MS` (making a fresh connection when the
+//!   last PING failed) and closes the breaker once Redis answers within the
+//!   call timeout. A server's error reply to a command (a script error) is
+//!   not an outage and does not count.
 //! - **Deferred invalidations.** A cache invalidation that cannot reach Redis
 //!   is kept (bounded) and opens the breaker at once: the probe deletes the
 //!   kept keys before it closes the breaker, so this process never reads a
 //!   value that an invalidation it acknowledged should have removed.
 //! - **Telling.** Each transition is logged once (opening with its cause;
 //!   closing with how long it was open and how many calls went without
-//!   Redis), never once per call, and a breaker that flaps logs one opening
-//!   every 10 s at most (the others at debug level, counted in the next); the metrics carry `mosaic_redis_up`,
-//!   `mosaic_redis_breaker_opens_total`, `mosaic_redis_calls_skipped_total`,
-//!   `mosaic_redis_errors_total` and `mosaic_redis_deferred_invalidations`.
+//!   Redis), never once per call; a breaker that flaps logs one opening
+//!   every 10 s at most (the others at debug level, counted in the next).
+//!   The metrics carry `mosaic_redis_up`, `mosaic_redis_breaker_opens_total`,
+//!   `mosaic_redis_calls_skipped_total`, `mosaic_redis_errors_total` and
+//!   `mosaic_redis_deferred_invalidations`.
 //!
-//! One breaker covers the whole deployment, a cluster included: a master
-//! that is down opens it for every tenant, and every call goes to the store
-//! until the cluster answers PING on every master again. Redis is an
-//! accelerator; a per-slot breaker would buy little for its complexity.
+//! Each process has one breaker for all of its Redis, a cluster included: a
+//! master that is down opens it for every tenant, and every call goes to the
+//! store until every master answers PING again. Redis is an accelerator; a
+//! per-slot breaker would buy little for its complexity.
 
 use std::collections::HashSet;
 use std::future::Future;
