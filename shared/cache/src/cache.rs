@@ -462,3 +462,38 @@ fn millis(d: std::time::Duration) -> u64 {
 fn random_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mosaic_core::TenantId;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// No id can move a key into another tenant, another scope or
+        /// another shape, and distinct ids make distinct keys.
+        #[test]
+        fn ids_never_change_a_keys_tenant_or_shape(id in ".*", other in ".*") {
+            let cache = Cache::disabled("agents");
+            let tenant = TenantId::new();
+            let ctx = TenantContext::system(tenant, "test");
+            let key = cache.key(&ctx, "config", &id).unwrap();
+            let tag = tenant.to_string();
+            prop_assert_eq!(mosaic_core::keys::tenant_of_key(key.as_str()), Some(tag.as_str()));
+            prop_assert_eq!(key.as_str().matches(':').count(), 4);
+            prop_assert_eq!(key.as_str().matches(['{', '}']).count(), 2);
+            if id != other {
+                prop_assert_ne!(&key, &cache.key(&ctx, "config", &other).unwrap());
+                prop_assert_ne!(
+                    cache.platform_key("pubkey", &id),
+                    cache.platform_key("pubkey", &other)
+                );
+            }
+            let platform = cache.platform_key("pubkey", &id);
+            let tagged = platform.as_str().starts_with("mosaic:platform:agents:pubkey:{")
+                && platform.as_str().ends_with('}');
+            prop_assert!(tagged, "{:?}", platform);
+            prop_assert_eq!(platform.as_str().matches(['{', '}']).count(), 2);
+        }
+    }
+}
