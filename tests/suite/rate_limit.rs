@@ -86,7 +86,7 @@ async fn with_redis_unreachable_calls_fail_open_without_waiting() {
         .with("MOSAIC_RATE_LIMIT_PER_SECOND", "1")
         .with("MOSAIC_RATE_LIMIT_BURST", "1")
         .with("MOSAIC_REDIS_URL", format!("redis://127.0.0.1:{port}"))
-        .with("MOSAIC_REDIS_TIMEOUT_MS", "50")
+        .with("MOSAIC_REDIS_TIMEOUT_MS", "500")
         .with("MOSAIC_REDIS_PROBE_INTERVAL_MS", "60000");
     let mut client = TenantServiceClient::new(suite_with(env).await);
     let tenant = app().new_tenant().await;
@@ -111,9 +111,11 @@ async fn with_redis_unreachable_calls_fail_open_without_waiting() {
     took.sort();
     let p99 = took[98];
     println!("GetTenant with Redis down: p50 {:?}, p99 {p99:?}", took[50]);
+    // A timeout far above a call's own cost, so a loaded machine cannot
+    // blur the two.
     assert!(
-        p99 < Duration::from_millis(40),
-        "no call waits the 50 ms Redis timeout: p99 {p99:?}"
+        p99 < Duration::from_millis(250),
+        "no call waits the 500 ms Redis timeout: p99 {p99:?}"
     );
     hold.abort();
 }
