@@ -113,19 +113,18 @@ mod tests {
 
     use tonic_types::StatusExt;
 
-    use crate::config::RateLimitConfig;
+    use crate::Redis;
+    use crate::config::{RateLimitConfig, RedisConfig};
 
     fn limiter(per_second: u32, burst: u32) -> RateLimiter {
-        RateLimiter::new(RateLimitConfig {
-            per_second,
-            burst,
+        let url = std::env::var("MOSAIC_REDIS_URL")
+            .unwrap_or_else(|_| RedisConfig::default().urls[0].expose().to_owned());
+        let redis = Redis::new(RedisConfig {
             timeout: Duration::from_secs(2),
-            redis_url: mosaic_core::Secret::url(
-                std::env::var("MOSAIC_REDIS_URL")
-                    .unwrap_or_else(|_| RateLimitConfig::default().redis_url.expose().to_owned()),
-            ),
+            ..RedisConfig::single(url)
         })
-        .unwrap()
+        .unwrap();
+        RateLimiter::new(RateLimitConfig { per_second, burst }, redis)
     }
 
     /// An inner service that counts its calls and answers "ok".
@@ -210,13 +209,13 @@ mod tests {
     #[tokio::test]
     async fn fails_open_when_redis_is_down() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let limiter = RateLimiter::new(RateLimitConfig {
-            per_second: 1,
-            burst: 1,
-            timeout: Duration::from_millis(50),
-            redis_url: mosaic_core::Secret::url("redis://127.0.0.1:1"),
-        })
-        .unwrap();
+        let limiter = RateLimiter::new(
+            RateLimitConfig {
+                per_second: 1,
+                burst: 1,
+            },
+            Redis::new(RedisConfig::single("redis://127.0.0.1:1")).unwrap(),
+        );
         let mut svc = RateLimitLayer::new(limiter).layer(counting(calls.clone()));
         let ctx = TenantContext::system(mosaic_core::TenantId::new(), "test");
         for _ in 0..3 {

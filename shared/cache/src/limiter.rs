@@ -14,31 +14,19 @@
 //! the limit slightly stricter. When a whole lease no longer fits, a single
 //! token is asked for, so the limit stays exact at its edge.
 //!
-//! Redis is an accelerator, not a dependency: the limiter connects lazily in
-//! the background (the service starts while Redis is down), retries the
-//! connection at most every [`RECONNECT_EVERY`], bounds every check by the
-//! configured timeout, and whenever Redis is down, slow or erroring the check
-//! is allowed (fail open) and a warning is logged at most every [`WARN_EVERY`].
+//! Redis is an accelerator, not a dependency: checks run on the process's
+//! shared [`Redis`] handle, bounded by its timeout, and whenever Redis is
+//! down, slow or erroring the check is allowed (fail open). Once the handle's
+//! breaker is open a check does not touch Redis at all and answers at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mosaic_core::TenantId;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::watch;
-
-use mosaic_core::ConfigError;
 
 use crate::config::RateLimitConfig;
-
-/// Least time between two attempts to open the Redis connection.
-pub const RECONNECT_EVERY: Duration = Duration::from_secs(3);
-/// Least time between two fail-open warnings.
-pub const WARN_EVERY: Duration = Duration::from_secs(10);
-/// How long one connection attempt may take (in the background, not on a request).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::connection::Redis;
 
 /// How long a lease of tokens may be spent locally.
 pub const LEASE_TTL: Duration = Duration::from_millis(100);
@@ -76,7 +64,7 @@ pub enum Decision {
     },
 }
 
-/// Per-tenant rate limiter. Cheap to clone; clones share one connection.
+/// Per-tenant rate limiter. Cheap to clone; clones share the leases.
 #[derive(Clone)]
 pub struct RateLimiter {
     /// `None` when limiting is off.
@@ -85,14 +73,8 @@ pub struct RateLimiter {
 
 struct Inner {
     config: RateLimitConfig,
-    client: redis::Client,
+    redis: Redis,
     script: redis::Script,
-    /// The connection once made; receivers are woken after every attempt.
-    conn: watch::Sender<Option<ConnectionManager>>,
-    attempt: Mutex<Attempt>,
-    started: Instant,
-    /// Milliseconds after `started` of the last warning, plus one; 0 = never.
-    last_warn: AtomicU64,
     /// Tokens taken from Redis and not yet spent, per tenant.
     leases: Mutex<HashMap<TenantId, Lease>>,
     /// Cells one lease takes.
@@ -104,12 +86,6 @@ struct Lease {
     until: Instant,
 }
 
-#[derive(Default)]
-struct Attempt {
-    connecting: bool,
-    last: Option<Instant>,
-}
-
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiter")
@@ -119,28 +95,22 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter for `config`. Does not connect: the first check does, in the
-    /// background. Fails only on a malformed Redis URL. With
-    /// `config.per_second == 0` the limiter is off and never touches Redis.
-    pub fn new(config: RateLimitConfig) -> Result<Self, ConfigError> {
+    /// A limiter for `config` on the process's Redis handle. Does not
+    /// connect. With `config.per_second == 0` the limiter is off and never
+    /// touches Redis.
+    pub fn new(config: RateLimitConfig, redis: Redis) -> Self {
         if !config.enabled() {
-            return Ok(Self::disabled());
+            return Self::disabled();
         }
-        let client = redis::Client::open(config.redis_url.expose())
-            .map_err(|e| ConfigError::invalid_secret("MOSAIC_REDIS_URL", e))?;
-        Ok(Self {
+        Self {
             inner: Some(Arc::new(Inner {
-                client,
+                redis,
                 script: redis::Script::new(GCRA),
-                conn: watch::Sender::new(None),
-                attempt: Mutex::new(Attempt::default()),
-                started: Instant::now(),
-                last_warn: AtomicU64::new(0),
                 leases: Mutex::new(HashMap::new()),
                 lease_size: (config.per_second / 20).min(config.burst / 10).max(1),
                 config,
             })),
-        })
+        }
     }
 
     /// A limiter that allows everything.
@@ -158,31 +128,29 @@ impl RateLimiter {
     }
 
     /// Counts one request of `tenant`. Never fails and never waits longer than
-    /// the configured timeout: without a timely answer from Redis it allows.
+    /// the Redis timeout (and not at all while the breaker is open): without
+    /// a timely answer from Redis it allows.
     pub async fn check(&self, tenant: TenantId) -> Decision {
         let Some(inner) = &self.inner else {
             return Decision::Allowed;
         };
-        match tokio::time::timeout(inner.config.timeout, inner.run(tenant)).await {
-            Ok(Ok(decision)) => decision,
-            Ok(Err(e)) => {
-                inner.fail_open(&e);
-                Decision::Allowed
-            }
-            Err(_) => {
-                inner.fail_open(&format!("no answer within {:?}", inner.config.timeout));
-                Decision::Allowed
-            }
+        if inner.spend_lease(tenant) {
+            return Decision::Allowed;
         }
+        inner
+            .redis
+            .run(|mut conn| async move { inner.run(&mut conn, tenant).await })
+            .await
+            .unwrap_or(Decision::Allowed)
     }
 }
 
 impl Inner {
-    async fn run(self: &Arc<Self>, tenant: TenantId) -> Result<Decision, String> {
-        if self.spend_lease(tenant) {
-            return Ok(Decision::Allowed);
-        }
-        let mut conn = self.connection().await?;
+    async fn run(
+        &self,
+        conn: &mut crate::connection::Conn,
+        tenant: TenantId,
+    ) -> redis::RedisResult<Decision> {
         let mut cost = self.lease_size;
         loop {
             let (allowed, retry_us): (i64, i64) = self
@@ -191,9 +159,8 @@ impl Inner {
                 .arg(self.config.per_second)
                 .arg(self.config.burst.max(1))
                 .arg(cost)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
+                .invoke_async(conn)
+                .await?;
             if allowed == 1 {
                 if cost > 1 {
                     self.store_lease(tenant, cost - 1);
@@ -244,76 +211,6 @@ impl Inner {
             },
         );
     }
-
-    /// The shared connection, starting a background attempt when there is
-    /// none and the last attempt is old enough, and waiting for its outcome.
-    async fn connection(self: &Arc<Self>) -> Result<ConnectionManager, String> {
-        if let Some(conn) = self.conn.borrow().clone() {
-            return Ok(conn);
-        }
-        let mut rx = self.conn.subscribe();
-        {
-            let mut attempt = self.attempt.lock().unwrap_or_else(PoisonError::into_inner);
-            if !attempt.connecting {
-                if attempt.last.is_some_and(|t| t.elapsed() < RECONNECT_EVERY) {
-                    return Err("not connected; retrying shortly".to_owned());
-                }
-                attempt.connecting = true;
-                attempt.last = Some(Instant::now());
-                tokio::spawn(Arc::clone(self).connect());
-            }
-        }
-        // The connection may have landed between the first look and subscribing.
-        if let Some(conn) = rx.borrow_and_update().clone() {
-            return Ok(conn);
-        }
-        let _ = rx.changed().await;
-        let conn = rx.borrow().clone();
-        conn.ok_or_else(|| "not connected".to_owned())
-    }
-
-    async fn connect(self: Arc<Self>) {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(self.config.timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(500);
-        let result = ConnectionManager::new_with_config(self.client.clone(), config).await;
-        self.attempt
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .connecting = false;
-        match result {
-            Ok(conn) => {
-                tracing::info!("rate limiter connected to Redis");
-                self.conn.send_replace(Some(conn));
-            }
-            Err(e) => {
-                self.fail_open(&format!("cannot connect: {e}"));
-                // Wake the checks waiting on this attempt.
-                self.conn.send_modify(|_| {});
-            }
-        }
-    }
-
-    /// Logs that checks are being allowed without Redis, at most every [`WARN_EVERY`].
-    fn fail_open(&self, error: &dyn std::fmt::Display) {
-        let now = u64::try_from(self.started.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1);
-        let last = self.last_warn.load(Ordering::Relaxed);
-        let every = u64::try_from(WARN_EVERY.as_millis()).unwrap_or(u64::MAX);
-        if last != 0 && now.saturating_sub(last) < every {
-            return;
-        }
-        if self
-            .last_warn
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            tracing::warn!(error = %error, "Redis unavailable: rate limits fail open");
-        }
-    }
 }
 
 #[cfg(test)]
@@ -322,30 +219,29 @@ mod tests {
     use redis::AsyncCommands;
     use tokio::net::TcpListener;
 
+    use crate::config::RedisConfig;
+
     fn redis_url() -> String {
         std::env::var("MOSAIC_REDIS_URL")
-            .unwrap_or_else(|_| RateLimitConfig::default().redis_url.expose().to_owned())
+            .unwrap_or_else(|_| RedisConfig::default().urls[0].expose().to_owned())
     }
 
     /// A limiter on the real Redis; the timeout is generous so a loaded test
     /// machine does not turn a real answer into a fail-open.
     fn limiter(per_second: u32, burst: u32) -> RateLimiter {
-        RateLimiter::new(RateLimitConfig {
-            per_second,
-            burst,
+        let redis = Redis::new(RedisConfig {
             timeout: Duration::from_secs(2),
-            redis_url: mosaic_core::Secret::url(redis_url()),
+            ..RedisConfig::single(redis_url())
         })
-        .unwrap()
+        .unwrap();
+        RateLimiter::new(RateLimitConfig { per_second, burst }, redis)
     }
 
     fn unreachable(url: &str) -> RateLimiter {
-        RateLimiter::new(RateLimitConfig {
-            redis_url: mosaic_core::Secret::url(url),
-            timeout: Duration::from_millis(50),
-            ..RateLimitConfig::default()
-        })
-        .unwrap()
+        RateLimiter::new(
+            RateLimitConfig::default(),
+            Redis::new(RedisConfig::single(url)).unwrap(),
+        )
     }
 
     fn limited(d: Decision) -> Duration {
@@ -424,24 +320,22 @@ mod tests {
 
     #[tokio::test]
     async fn disabled_never_limits_nor_connects() {
-        let limiter = RateLimiter::new(RateLimitConfig {
-            per_second: 0,
-            burst: 0,
-            redis_url: mosaic_core::Secret::url("not a url"),
-            ..RateLimitConfig::default()
-        })
-        .unwrap();
+        // Nothing listens on port 1: a limiter that tried would fail open,
+        // and count an error.
+        let redis = Redis::new(RedisConfig::single("redis://127.0.0.1:1")).unwrap();
+        let limiter = RateLimiter::new(
+            RateLimitConfig {
+                per_second: 0,
+                burst: 0,
+            },
+            redis.clone(),
+        );
         assert!(!limiter.is_enabled());
         for _ in 0..3 {
             assert_eq!(limiter.check(TenantId::new()).await, Decision::Allowed);
         }
-        assert!(
-            RateLimiter::new(RateLimitConfig {
-                redis_url: mosaic_core::Secret::url("not a url"),
-                ..Default::default()
-            })
-            .is_err()
-        );
+        assert!(!redis.is_open());
+        assert!(Redis::new(RedisConfig::single("not a url")).is_err());
     }
 
     async fn assert_fails_open_quickly(limiter: &RateLimiter) {
@@ -482,13 +376,19 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let limiter = RateLimiter::new(RateLimitConfig {
-            per_second: 1,
-            burst: 1,
+        let redis = Redis::new(RedisConfig {
             timeout: Duration::from_secs(1),
-            redis_url: mosaic_core::Secret::url(format!("redis://{addr}")),
+            probe_interval: Duration::from_millis(100),
+            ..RedisConfig::single(format!("redis://{addr}"))
         })
         .unwrap();
+        let limiter = RateLimiter::new(
+            RateLimitConfig {
+                per_second: 1,
+                burst: 1,
+            },
+            redis.clone(),
+        );
         let tenant = TenantId::new();
         for _ in 0..3 {
             assert_eq!(limiter.check(tenant).await, Decision::Allowed);
@@ -510,7 +410,12 @@ mod tests {
                 });
             }
         });
-        tokio::time::sleep(RECONNECT_EVERY + Duration::from_millis(200)).await;
+        assert!(redis.is_open(), "three refused checks open the breaker");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while redis.is_open() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!redis.is_open(), "the probe closes the breaker");
         assert_eq!(limiter.check(tenant).await, Decision::Allowed);
         assert!(matches!(
             limiter.check(tenant).await,

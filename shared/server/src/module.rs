@@ -9,6 +9,8 @@
 //! - its PostgreSQL schema, if it has one: the kit then connects its pool
 //!   (lazily), registers the pool's metrics, probes it for health, and closes
 //!   it at shutdown;
+//! - nothing for its cache: every service gets its own [`Deps::cache`]
+//!   (keys `mosaic:{<tenant>}:<name>:...`) on the process's one Redis handle;
 //! - the methods callable without a token;
 //! - [`ServiceModule::build`]: its gRPC services (added with
 //!   [`add_services!`](crate::add_services), which applies the message size
@@ -24,6 +26,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use mosaic_api::ApiResult;
+use mosaic_cache::Cache;
 use mosaic_core::{Env, Metrics, Probe, StartupError, TenantId};
 use mosaic_db::access::AccessView;
 use mosaic_db::purge::Expiring;
@@ -81,6 +84,11 @@ pub struct Deps {
     /// The service's pool, logged in as its runtime role, when it has a schema.
     pub db: Option<Database>,
     pub metrics: Metrics,
+    /// The service's cache-aside on the process's Redis (keys
+    /// `mosaic:{<tenant>}:<service>:...`); shares one breaker with the rate
+    /// limiter, and is off (every lookup `Unavailable`) with
+    /// `MOSAIC_CACHE_TTL_SECS=0`. See `mosaic_cache::cache`.
+    pub cache: Cache,
     pub tokens: TokenSettings,
     /// The process's view of tenant states and revocations (what the auth
     /// layer decides with), for a path that learns its tenant otherwise.

@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use mosaic_cache::{RateLimitConfig, RateLimiter};
+use mosaic_cache::{Cache, CacheConfig, RateLimitConfig, RateLimiter, Redis, RedisConfig};
 use mosaic_core::{ConfigError, Context as _, Env, Metrics, Probe, StartupError};
 use mosaic_db::access::AccessView;
 use mosaic_db::bootstrap::RuntimeLogin;
@@ -104,8 +104,15 @@ pub async fn run(
     let verifier = TokenVerifier::new(tokens.verify.clone()).map_err(|e| {
         mosaic_core::ConfigError::invalid_secret(mosaic_tenant::token::PUBLIC_KEY, e)
     })?;
-    let rate_limiter = RateLimiter::new(RateLimitConfig::from_env(env)?)?;
+    // One Redis handle (one connection, one breaker) for the limiter and
+    // every service's cache.
+    let redis = Redis::new(RedisConfig::from_env(env)?)?;
+    let cache_config = CacheConfig::from_env(env)?;
+    let rate_limiter = RateLimiter::new(RateLimitConfig::from_env(env)?, redis.clone());
     let metrics = Metrics::new();
+    redis
+        .register_metrics(&metrics)
+        .context("registering the redis metrics")?;
     let allowed_when_deleted: Vec<String> = modules
         .iter()
         .flat_map(|module| module.allowed_for_deleted_tenants().iter())
@@ -146,6 +153,7 @@ pub async fn run(
             env: env.clone(),
             db,
             metrics: metrics.clone(),
+            cache: Cache::new(module.name(), cache_config.clone(), redis.clone()),
             tokens: tokens.clone(),
             access: access.clone(),
             stop: stop.clone(),
