@@ -5,18 +5,21 @@
 #
 # Needs the local setup (PostgreSQL, Redis, roles, migrations, .data/mosaic.env,
 # grpcurl, h2load, pgbench, redis-benchmark). All on 127.0.0.1, about 4 minutes:
-#   1. builds the release `mosaic` binary and starts the suite on a free port;
-#   2. floors: grpc.health.v1.Health/Check over h2load (a trivial tonic unary: no
-#      token, no store, the floor of any gRPC call here) and redis-benchmark GET on
-#      the suite's Redis, at c=8 and c=32;
-#   3. GetAgent over gRPC beside pgbench of its transaction as mosaic_agents
+#   1. builds the release `mosaic` binary and starts the suite on a free port with
+#      the cache off (MOSAIC_CACHE_TTL_SECS=0);
+#   2. uncached GetAgent over gRPC beside pgbench of its transaction as mosaic_agents
 #      (BEGIN; SET LOCAL mosaic.tenant_id; the primary-key SELECT; COMMIT, -M simple);
-#   4. ClaimDocuments of 10 documents (one claim, a one-hour lease) over gRPC beside
+#   3. ClaimDocuments of 10 documents (one claim, a one-hour lease) over gRPC beside
 #      pgbench of the same transaction: BEGIN; SET LOCAL; the claim's UPDATE (the
 #      CLAIM statement of services/agents/src/documents/storage.rs, with its RETURNING);
 #      its audit INSERT; COMMIT. Each side claims from its own tenant's
 #      BENCH_CLAIM_DOCS (600,000) pending documents, seeded by the admin login, and
 #      the script fails if either ran dry (an empty claim is cheap and would flatter);
+#   4. restarts the suite with the cache on (MOSAIC_CACHE_TTL_SECS=60) and measures
+#      cached GetAgent beside its floors: grpc.health.v1.Health/Check over h2load (a
+#      trivial tonic unary: no token, no store, the floor of any gRPC call here) and
+#      redis-benchmark GET on the suite's Redis, reading the cache's hit ratio from
+#      the suite's metrics;
 #   5. prints every figure and the ratios, with the claim's plan.
 #
 # Knobs: BENCH_SECONDS (8), BENCH_CONCURRENCY ("8 32"), BENCH_CLAIM_DOCS (600000),
@@ -37,6 +40,7 @@ bench_require_tools
 command -v redis-benchmark >/dev/null || bench_die "redis-benchmark missing (Debian package redis-tools)"
 bench_host_info
 bench_build
+export MOSAIC_CACHE_TTL_SECS=0
 bench_start_suite
 bench_create_tenant "bench agents"
 tenant=$BENCH_TENANT_ID
@@ -96,16 +100,10 @@ claimed=$(bench_psql "$role" -At -f "$claim_sql" | grep -c '|processing|') || tr
 plan=$(bench_psql "$role" -At -c "BEGIN; SET LOCAL mosaic.tenant_id = '$pg_tenant'; EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) $(claim_update "$pg_tenant" "gen_random_uuid()"); ROLLBACK;" |
   grep -vE '^(BEGIN|SET|ROLLBACK)$' | sed 's/^/   /')
 
-# --- load ----------------------------------------------------------------------------------
-declare -A floor_rps redis_rps get_rps get_tps claim_rps claim_tps
+# --- load: the cache off ----------------------------------------------------------------
+declare -A floor_rps redis_rps get_rps get_tps cached_rps claim_rps claim_tps
 for c in "${concurrency[@]}"; do
-  bench_h2load "Health/Check c=$c" /grpc.health.v1.Health/Check "$health_body" "$token" "$c" "$secs"
-  floor_rps[$c]=$BENCH_RPS
-  redis_rps[$c]=$(redis-benchmark -h "${BENCH_REDIS_HOST:-127.0.0.1}" -p "${BENCH_REDIS_PORT:-6379}" \
-    -t get -c "$c" -n $((c * 25000)) -q --csv | awk -F'"' '/^"GET"/ {print $4}')
-  [ -n "${redis_rps[$c]}" ] || bench_die "redis-benchmark printed no GET figure"
-  bench_say "redis-benchmark GET c=$c: ${redis_rps[$c]} req/s"
-  bench_h2load "GetAgent c=$c" "/$svc.AgentService/GetAgent" "$get_body" "$token" "$c" "$secs"
+  bench_h2load "GetAgent uncached c=$c" "/$svc.AgentService/GetAgent" "$get_body" "$token" "$c" "$secs"
   get_rps[$c]=$BENCH_RPS
   bench_pgbench "GetAgent pgbench c=$c" "$role" "$get_sql" simple "$c" "$secs"
   get_tps[$c]=$BENCH_TPS
@@ -118,6 +116,33 @@ for c in "${concurrency[@]}"; do
     [ "$left" -gt 0 ] || bench_die "tenant $t ran out of pending documents: raise BENCH_CLAIM_DOCS"
   done
 done
+
+# --- load: the cache on, beside the floors ---------------------------------------------------
+bench_stop_suite
+export MOSAIC_CACHE_TTL_SECS=60
+bench_start_suite
+cache_counts() { # prints "hits misses" of agents' config lookups so far
+  curl -fsS --max-time 5 "http://127.0.0.1:$BENCH_METRICS_PORT/metrics" | python3 -c '
+import re, sys
+n = {"hit": 0.0, "miss": 0.0}
+for line in sys.stdin:
+    if line.startswith("mosaic_cache_lookups_total{") and "service=\"agents\"" in line and "kind=\"config\"" in line:
+        m = re.search(r"result=\"(\w+)\"", line)
+        if m and m.group(1) in n:
+            n[m.group(1)] += float(line.rsplit(None, 1)[1])
+print(int(n["hit"]), int(n["miss"]))'
+}
+for c in "${concurrency[@]}"; do
+  bench_h2load "Health/Check c=$c" /grpc.health.v1.Health/Check "$health_body" "$token" "$c" "$secs"
+  floor_rps[$c]=$BENCH_RPS
+  redis_rps[$c]=$(redis-benchmark -h "${BENCH_REDIS_HOST:-127.0.0.1}" -p "${BENCH_REDIS_PORT:-6379}" \
+    -t get -c "$c" -n $((c * 25000)) -q --csv | awk -F'"' '/^"GET"/ {print $4}')
+  [ -n "${redis_rps[$c]}" ] || bench_die "redis-benchmark printed no GET figure"
+  bench_say "redis-benchmark GET c=$c: ${redis_rps[$c]} req/s"
+  bench_h2load "GetAgent cached c=$c" "/$svc.AgentService/GetAgent" "$get_body" "$token" "$c" "$secs"
+  cached_rps[$c]=$BENCH_RPS
+done
+read -r hits misses <<<"$(cache_counts)"
 peak_rss=$(bench_peak_rss_mib)
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -129,12 +154,16 @@ for c in "${concurrency[@]}"; do
   printf '%-4s %16.0f %18.0f\n' "$c" "${floor_rps[$c]}" "${redis_rps[$c]}"
 done
 echo
-echo "GetAgent over gRPC vs pgbench of BEGIN; SET LOCAL; SELECT; COMMIT as $role (-M simple):"
-printf '%-4s %14s %14s %14s %16s\n' c "gRPC req/s" "pgbench TPS" "grpc/pgbench" "grpc/Health"
+echo "GetAgent over gRPC, uncached (the cache off) vs pgbench of BEGIN; SET LOCAL; SELECT; COMMIT as $role (-M simple),"
+echo "and cached (hits from Redis) vs the floors:"
+printf '%-4s %12s %12s %10s %12s %14s %12s %14s\n' c "uncached/s" "pgbench TPS" "unc/pg" "cached/s" "cached/Health" "cached/unc" "cached/redis"
 for c in "${concurrency[@]}"; do
-  printf '%-4s %14.0f %14.0f %14s %16s\n' "$c" "${get_rps[$c]}" "${get_tps[$c]}" \
-    "$(bench_ratio "${get_rps[$c]}" "${get_tps[$c]}")" "$(bench_ratio "${get_rps[$c]}" "${floor_rps[$c]}")"
+  printf '%-4s %12.0f %12.0f %10s %12.0f %14s %12s %14s\n' "$c" "${get_rps[$c]}" "${get_tps[$c]}" \
+    "$(bench_ratio "${get_rps[$c]}" "${get_tps[$c]}")" "${cached_rps[$c]}" \
+    "$(bench_ratio "${cached_rps[$c]}" "${floor_rps[$c]}")" \
+    "$(bench_ratio "${cached_rps[$c]}" "${get_rps[$c]}")" "$(bench_ratio "${cached_rps[$c]}" "${redis_rps[$c]}")"
 done
+echo "cache hit ratio of GetAgent while cached (suite metrics): $hits hits, $misses misses ($(bench_ratio "$hits" "$((hits + misses))"))"
 echo
 echo "ClaimDocuments of 10 over gRPC vs pgbench of the same claim transaction as $role (-M simple):"
 printf '%-4s %14s %14s %14s\n' c "gRPC req/s" "pgbench TPS" "grpc/pgbench"

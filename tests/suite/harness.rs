@@ -266,3 +266,17 @@ pub(crate) fn assert_bad_field(status: &Status, field: &str) {
         "expected {field} in {fields:?}"
     );
 }
+
+/// A suite of its own with `env` (the shared suite's settings, e.g. its
+/// token key, plus overrides such as another Redis), and a channel to it.
+/// It shares the database, so tenants made through [`app`] exist in it.
+pub(crate) async fn suite_with(env: Env) -> Channel {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        mosaic::run(&env, listener, Shutdown::new(), std::future::pending()).await
+    });
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy()
+}

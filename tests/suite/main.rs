@@ -7,8 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod harness;
+/// Redis servers of a test's own (shared with `mosaic-cache`'s tests).
+#[path = "../../shared/cache/tests/support/mod.rs"]
+mod redis_support;
 
 mod access;
+mod agents_cache;
 mod agents_configs;
 mod agents_documents;
 mod agents_support;

@@ -7,24 +7,10 @@
 use std::time::{Duration, Instant};
 
 use mosaic_proto::identity::{GetTenantRequest, tenant_service_client::TenantServiceClient};
-use mosaic_server::Shutdown;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::{app, assert_error, authed};
-
-/// A suite of its own with `env` (the suite's settings, e.g. its token key,
-/// plus overrides), and a channel to it.
-async fn suite_with(env: mosaic_core::Env) -> tonic::transport::Channel {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        mosaic::run(&env, listener, Shutdown::new(), std::future::pending()).await
-    });
-    tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy()
-}
+use crate::harness::{app, assert_error, authed, suite_with};
 
 #[tokio::test]
 async fn a_tenant_over_its_burst_is_told_to_retry() {

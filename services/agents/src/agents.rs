@@ -5,6 +5,14 @@
 //! A public key is `mpk_` and 43 characters of base64url: 256 random bits
 //! made here, never by the client. It is shown once, by `RotatePublicKey`;
 //! only its SHA-256 is stored, so a leaked table reveals no key.
+//!
+//! GetAgent and LookupAgentByPublicKey are served from the Redis cache
+//! (`mosaic_cache::Cache`) when cached: an agent under its tenant's key
+//! (`config`), a lookup under the platform key of the key's hash
+//! (`public-key`), whose cached answer names its tenant and is served only
+//! while the access view says that tenant is active. Every mutation
+//! invalidates both after its transaction commits and before it answers;
+//! the cache's fill leases keep a slow reader from writing an old row back.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -14,6 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mosaic_api::page::{self, PageBinding};
 use mosaic_api::rules::{Kind, masked};
 use mosaic_api::{AllOk, ApiError, ApiResult, convert, etag, mask::UpdateMask, parse};
+use mosaic_cache::{Cache, CacheKey, Entry, Lookup};
 use mosaic_db::access::AccessView;
 use mosaic_db::{Database, Resource, TenantContext, create_once};
 use mosaic_proto::agents::{
@@ -23,6 +32,7 @@ use mosaic_proto::agents::{
     UndeleteAgentRequest, UpdateAgentRequest, agent_service_server::AgentService,
 };
 use mosaic_tenant::Role;
+use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
@@ -218,16 +228,51 @@ fn is_key_shaped(raw: &str) -> bool {
     })
 }
 
+/// Cache kinds: an agent by id (tenant key), a lookup by key hash (platform key).
+const CONFIG: &str = "config";
+const PUBLIC_KEY: &str = "public-key";
+
 #[derive(Debug)]
 pub struct Agents {
     db: Database,
     access: Arc<AccessView>,
+    cache: Cache,
 }
 
 impl Agents {
-    pub fn new(db: Database, access: Arc<AccessView>) -> Self {
-        Self { db, access }
+    pub fn new(db: Database, access: Arc<AccessView>, cache: Cache) -> Self {
+        Self { db, access, cache }
     }
+
+    fn lookup_key(&self, hash: &[u8]) -> CacheKey {
+        self.cache
+            .platform_key(PUBLIC_KEY, URL_SAFE_NO_PAD.encode(hash))
+    }
+
+    /// After a committed change of `row`: drops its cached config and the
+    /// cached lookup of its key, and of `old_key` (a key it no longer holds).
+    async fn invalidate(
+        &self,
+        ctx: &TenantContext,
+        row: &storage::AgentRow,
+        old_key: Option<&[u8]>,
+    ) {
+        if let Ok(key) = self.cache.key(ctx, CONFIG, row.agent_id) {
+            self.cache.invalidate(&key).await;
+        }
+        for hash in [row.public_key_hash.as_deref(), old_key]
+            .into_iter()
+            .flatten()
+        {
+            self.cache.invalidate(&self.lookup_key(hash)).await;
+        }
+    }
+}
+
+/// A cached message, or `None` when the entry does not decode (then it is
+/// read from the store like a miss; the next write replaces it).
+fn decoded<M: Message + Default>(entry: &Entry) -> Option<M> {
+    M::decode(entry.bytes.as_slice()).ok()
 }
 
 #[tonic::async_trait]
@@ -266,9 +311,24 @@ impl AgentService for Agents {
     async fn get_agent(&self, req: Request<GetAgentRequest>) -> Result<Response<Agent>, Status> {
         let ctx = TenantContext::of(&req)?;
         ctx.require(Role::Viewer)?;
-        let id = parse::id("agent_id", &req.get_ref().agent_id)?;
+        let id: AgentId = parse::id("agent_id", &req.get_ref().agent_id)?;
+        let key = self.cache.key(&ctx, CONFIG, id)?;
+        // The store is read only after the lookup returned (the fill lease's rule).
+        let fill = match self.cache.get(&key).await {
+            Lookup::Hit(entry) => match decoded::<Agent>(&entry) {
+                Some(agent) => return Ok(Response::new(agent)),
+                None => None,
+            },
+            Lookup::Miss(token) => Some(token),
+            Lookup::Unavailable => None,
+        };
         let row: storage::AgentRow = RESOURCE.read(&self.db, &ctx, id).await?;
-        Ok(Response::new(row.into_proto()))
+        let agent = row.into_proto();
+        if let Some(token) = fill {
+            let entry = Entry::versioned(agent.etag.clone(), agent.encode_to_vec());
+            self.cache.fill(token, entry).await;
+        }
+        Ok(Response::new(agent))
     }
 
     async fn list_agents(
@@ -342,6 +402,7 @@ impl AgentService for Agents {
                 },
             )
             .await?;
+        self.invalidate(&ctx, &row, None).await;
         Ok(Response::new(row.into_proto()))
     }
 
@@ -360,6 +421,7 @@ impl AgentService for Agents {
         let row: storage::AgentRow = RESOURCE
             .delete_or_undelete(&self.db, &ctx, id, expected, true)
             .await?;
+        self.invalidate(&ctx, &row, None).await;
         Ok(Response::new(row.into_proto()))
     }
 
@@ -373,6 +435,7 @@ impl AgentService for Agents {
         let row: storage::AgentRow = RESOURCE
             .delete_or_undelete(&self.db, &ctx, id, None, false)
             .await?;
+        self.invalidate(&ctx, &row, None).await;
         Ok(Response::new(row.into_proto()))
     }
 
@@ -446,19 +509,45 @@ impl AgentService for Agents {
         if !is_key_shaped(raw) {
             return Err(not_found().into());
         }
-        let found = storage::lookup(&self.db, &key_hash(raw))
-            .await?
-            .ok_or_else(not_found)?;
-        // The tenant's state is identity's: the access view follows it.
-        if !self.access.tenant_is_active(found.tenant_id).await? {
+        let hash = key_hash(raw);
+        let key = self.lookup_key(&hash);
+        let cached = match self.cache.get(&key).await {
+            Lookup::Hit(entry) => Ok(decoded::<LookupAgentByPublicKeyResponse>(&entry)),
+            Lookup::Miss(token) => Err(Some(token)),
+            Lookup::Unavailable => Err(None),
+        };
+        let found = match cached {
+            Ok(Some(found)) => found,
+            Ok(None) | Err(_) => {
+                // Only a key that resolves is cached; an unknown key is read
+                // from the store every time.
+                let row = storage::lookup(&self.db, &hash)
+                    .await?
+                    .ok_or_else(not_found)?;
+                let found = LookupAgentByPublicKeyResponse {
+                    tenant_id: row.tenant_id.to_string(),
+                    agent_id: row.agent_id.to_string(),
+                    display_name: row.display_name,
+                    voice_settings: Some(convert::json_to_struct(row.voice_settings)),
+                };
+                if let Err(Some(token)) = cached {
+                    self.cache
+                        .fill(token, Entry::new(found.encode_to_vec()))
+                        .await;
+                }
+                found
+            }
+        };
+        // The tenant's state is identity's: the access view follows it, also
+        // for a cached answer.
+        let tenant = found
+            .tenant_id
+            .parse::<uuid::Uuid>()
+            .map_err(|_| ApiError::internal("a cached lookup names no tenant"))?;
+        if !self.access.tenant_is_active(tenant.into()).await? {
             return Err(not_found().into());
         }
-        Ok(Response::new(LookupAgentByPublicKeyResponse {
-            tenant_id: found.tenant_id.to_string(),
-            agent_id: found.agent_id.to_string(),
-            display_name: found.display_name,
-            voice_settings: Some(convert::json_to_struct(found.voice_settings)),
-        }))
+        Ok(Response::new(found))
     }
 }
 
@@ -493,6 +582,8 @@ impl Agents {
         .await?;
         tx.audit(action, "agent", id, details).await?;
         tx.commit().await?;
+        self.invalidate(ctx, &row, current.public_key_hash.as_deref())
+            .await;
         Ok(row)
     }
 }

@@ -65,7 +65,11 @@ impl ServiceModule for Agents {
         let mut service = Service::new(deps);
         add_services!(
             service,
-            AgentServiceServer::new(agents::Agents::new(db.clone(), deps.access.clone())),
+            AgentServiceServer::new(agents::Agents::new(
+                db.clone(),
+                deps.access.clone(),
+                deps.cache.clone(),
+            )),
             DocumentServiceServer::new(documents::Documents::new(db.clone())),
             WorkflowServiceServer::new(workflows::Workflows::new(db.clone())),
             AgentsAuditServiceServer::new(audit::Audit::new(db)),

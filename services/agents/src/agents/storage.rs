@@ -12,8 +12,8 @@ use crate::ids::AgentId;
 
 /// Select list over the alias `t`.
 pub(crate) const SELECT: &str = "t.agent_id, t.display_name, t.system_prompt, t.model, \
-     t.temperature_centi, t.voice_settings, t.enabled, t.metadata, t.public_key_prefix, \
-     t.public_key_created_at, t.revision, t.created_at, t.updated_at, t.deleted_at";
+     t.temperature_centi, t.voice_settings, t.enabled, t.metadata, t.public_key_hash, \
+     t.public_key_prefix, t.public_key_created_at, t.revision, t.created_at, t.updated_at, t.deleted_at";
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct AgentRow {
@@ -25,6 +25,9 @@ pub(crate) struct AgentRow {
     pub(crate) voice_settings: serde_json::Value,
     pub(crate) enabled: bool,
     pub(crate) metadata: serde_json::Value,
+    /// The SHA-256 of the public key (never returned: it names the lookup's
+    /// cache entry to invalidate).
+    pub(crate) public_key_hash: Option<Vec<u8>>,
     pub(crate) public_key_prefix: Option<String>,
     #[sqlx(try_from = "OptTime")]
     pub(crate) public_key_created_at: Option<chrono::DateTime<chrono::Utc>>,
