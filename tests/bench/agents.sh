@@ -23,7 +23,8 @@
 #   5. prints every figure and the ratios, with the claim's plan.
 #
 # Knobs: BENCH_SECONDS (8), BENCH_CONCURRENCY ("8 32"), BENCH_CLAIM_DOCS (600000),
-# BENCH_SKIP_BUILD=1, and those of tests/bench/lib.sh.
+# BENCH_SKIP_BUILD=1, BENCH_PROFILE=1 (a perf CPU profile of each gRPC run), and those
+# of tests/bench/lib.sh.
 set -euo pipefail
 
 # shellcheck source=tests/bench/lib.sh
@@ -103,11 +104,11 @@ plan=$(bench_psql "$role" -At -c "BEGIN; SET LOCAL mosaic.tenant_id = '$pg_tenan
 # --- load: the cache off ----------------------------------------------------------------
 declare -A floor_rps redis_rps get_rps get_tps cached_rps claim_rps claim_tps
 for c in "${concurrency[@]}"; do
-  bench_h2load "GetAgent uncached c=$c" "/$svc.AgentService/GetAgent" "$get_body" "$token" "$c" "$secs"
+  bench_profile "GetAgent uncached c=$c" bench_h2load "GetAgent uncached c=$c" "/$svc.AgentService/GetAgent" "$get_body" "$token" "$c" "$secs"
   get_rps[$c]=$BENCH_RPS
   bench_pgbench "GetAgent pgbench c=$c" "$role" "$get_sql" simple "$c" "$secs"
   get_tps[$c]=$BENCH_TPS
-  bench_h2load "ClaimDocuments(10) c=$c" "/$svc.DocumentService/ClaimDocuments" "$claim_body" "$token" "$c" "$secs"
+  bench_profile "ClaimDocuments(10) c=$c" bench_h2load "ClaimDocuments(10) c=$c" "/$svc.DocumentService/ClaimDocuments" "$claim_body" "$token" "$c" "$secs"
   claim_rps[$c]=$BENCH_RPS
   bench_pgbench "claim pgbench c=$c" "$role" "$claim_sql" simple "$c" "$secs"
   claim_tps[$c]=$BENCH_TPS
@@ -139,7 +140,7 @@ for c in "${concurrency[@]}"; do
     -t get -c "$c" -n $((c * 25000)) -q --csv | awk -F'"' '/^"GET"/ {print $4}')
   [ -n "${redis_rps[$c]}" ] || bench_die "redis-benchmark printed no GET figure"
   bench_say "redis-benchmark GET c=$c: ${redis_rps[$c]} req/s"
-  bench_h2load "GetAgent cached c=$c" "/$svc.AgentService/GetAgent" "$get_body" "$token" "$c" "$secs"
+  bench_profile "GetAgent cached c=$c" bench_h2load "GetAgent cached c=$c" "/$svc.AgentService/GetAgent" "$get_body" "$token" "$c" "$secs"
   cached_rps[$c]=$BENCH_RPS
 done
 read -r hits misses <<<"$(cache_counts)"
