@@ -232,6 +232,36 @@ impl TenantContext {
         ))
     }
 
+    /// The context for acting on `tenant` as the holder of the service role
+    /// `role` (`svc:payments` crediting a tenant): the caller's own tenant
+    /// or, when the token carries `role`, the named one, with no tenant role
+    /// of its own. Anyone else asking for another tenant gets `not_found`.
+    pub fn scoped_for_service(
+        &self,
+        tenant: TenantId,
+        role: &str,
+        not_found: impl FnOnce() -> ApiError,
+    ) -> ApiResult<Self> {
+        if self.0.tenant == Some(tenant) || self.0.platform_admin {
+            return self.scoped_to(tenant, not_found);
+        }
+        if !self.has_service_role(role) {
+            return Err(not_found());
+        }
+        let i = &self.0;
+        Ok(Self::new(
+            Some(tenant),
+            i.principal.clone(),
+            None,
+            false,
+            i.service_roles.clone(),
+            i.request_id.clone(),
+            i.traceparent.clone(),
+            i.token.clone(),
+            i.deadline,
+        ))
+    }
+
     /// A context for work that no client request started (background jobs,
     /// bootstrap), acting as `principal` for `tenant`. Carries no token, so it
     /// cannot be propagated to other services.
