@@ -36,9 +36,15 @@ pub mod pb {
                 tonic::include_proto!("mosaic.crm.v1");
             }
         }
+        pub mod billing {
+            pub mod v1 {
+                tonic::include_proto!("mosaic.billing.v1");
+            }
+        }
     }
 }
 
+pub use pb::mosaic::billing::v1 as billing;
 pub use pb::mosaic::common::v1 as common;
 pub use pb::mosaic::crm::v1 as crm;
 pub use pb::mosaic::identity::v1 as identity;
@@ -111,6 +117,8 @@ stored_enums!(
     identity::Role,
     crm::DealStage,
     crm::ActivityKind,
+    billing::EntryKind,
+    billing::HoldStatus,
 );
 
 #[cfg(test)]
