@@ -20,7 +20,11 @@ use mosaic_server::{PurgeTenant, ServiceModule, Shutdown, suite};
 use tokio::net::TcpListener;
 
 /// Every service of the suite, in migration order.
-pub const SERVICES: &[&'static dyn ServiceModule] = &[&mosaic_identity::Identity, &mosaic_crm::Crm];
+pub const SERVICES: &[&'static dyn ServiceModule] = &[
+    &mosaic_identity::Identity,
+    &mosaic_crm::Crm,
+    &mosaic_billing::Billing,
+];
 
 /// Serves every service on `listener` until `shutdown` completes, then drains
 /// (see `mosaic_server::suite::run`). `stop` fires when draining starts.
