@@ -10,6 +10,11 @@ mod harness;
 
 mod access;
 mod auth;
+mod billing_bank;
+mod billing_catalog;
+mod billing_credits;
+mod billing_holds;
+mod billing_support;
 mod catalog;
 mod crm_activities;
 mod crm_catalog;
