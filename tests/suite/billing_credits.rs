@@ -3,9 +3,9 @@
 //! reason named, nothing written).
 
 use mosaic_proto::billing::{
-    CaptureRequest, ConsumeRequest, CreateAccountRequest, EntryKind, GetAccountRequest,
-    GetHoldRequest, HoldStatus, ListLedgerRequest, ReconcileRequest, RefundRequest, ReleaseRequest,
-    ReserveRequest, TopUpRequest,
+    AdjustRequest, CaptureRequest, ConsumeRequest, CreateAccountRequest, EntryKind,
+    GetAccountRequest, GetHoldRequest, HoldStatus, ListLedgerRequest, ReconcileRequest,
+    RefundRequest, ReleaseRequest, ReserveRequest, TopUpRequest,
 };
 use mosaic_proto::common::ListAuditEventsRequest;
 use tonic::Code;
@@ -841,5 +841,53 @@ async fn billing_bad_input_names_the_field_and_writes_nothing() {
     assert_bad_field(&tenant.unwrap_err(), "tenant_id");
 
     assert_eq!(t.ledger().await, before, "nothing was written");
+    assert_eq!(t.reconcile().await.drift_total, 0);
+}
+
+#[tokio::test]
+async fn billing_an_adjustment_corrects_the_balance_by_a_new_entry() {
+    let t = BillingTenant::new(100).await;
+    t.reserve(30, &key()).await.unwrap();
+    let adjust = |amount: i64, reference: &str, token: &str| {
+        let request = AdjustRequest {
+            tenant_id: t.id().to_string(),
+            amount,
+            idempotency_key: key(),
+            reference: reference.to_owned(),
+        };
+        let token = token.to_owned();
+        async move { credits().adjust(authed(request, &token)).await }
+    };
+    let up = adjust(25, "ticket-1: double charge", &t.platform)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (up.kind(), up.amount, up.balance_after),
+        (EntryKind::Adjustment, 25, 125)
+    );
+    let down = adjust(-20, "ticket-2", &t.platform)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(down.balance_after, 105);
+    // Never below what is held: 75 are available.
+    let short = adjust(-76, "ticket-3", &t.platform).await.unwrap_err();
+    assert_error(&short, Code::FailedPrecondition, "INSUFFICIENT_CREDITS");
+    assert_eq!(error_metadata(&short, "available").as_deref(), Some("75"));
+    assert_bad_field(
+        &adjust(0, "ticket-4", &t.platform).await.unwrap_err(),
+        "amount",
+    );
+    assert_bad_field(&adjust(5, "", &t.platform).await.unwrap_err(), "reference");
+    assert_code(
+        &adjust(5, "mine", &t.tenant.owner_token).await,
+        Code::PermissionDenied,
+    );
+    let account = t.account().await;
+    assert_eq!(
+        (account.balance, account.held, account.available),
+        (105, 30, 75)
+    );
     assert_eq!(t.reconcile().await.drift_total, 0);
 }

@@ -4,16 +4,16 @@
 //!
 //! Who may call what: reads (GetAccount, GetHold, ListLedger) viewer;
 //! Consume, Reserve, Capture, Release member; TopUp platform admin or
-//! [`PAYMENTS_ROLE`]; CreateAccount, Refund and Reconcile platform admin. A
+//! [`PAYMENTS_ROLE`]; CreateAccount, Refund, Adjust and Reconcile platform admin. A
 //! platform admin acts on any tenant by naming it.
 
 use mosaic_api::{AllOk, ApiResult, parse};
 use mosaic_db::{Database, TenantContext};
 use mosaic_proto::billing::{
-    Account, CaptureRequest, ConsumeRequest, CreateAccountRequest, GetAccountRequest,
-    GetHoldRequest, Hold, LedgerEntry, ListLedgerRequest, ListLedgerResponse, ReconcileRequest,
-    ReconcileResponse, RefundRequest, ReleaseRequest, ReserveRequest, TopUpRequest,
-    credit_service_server::CreditService,
+    Account, AdjustRequest, CaptureRequest, ConsumeRequest, CreateAccountRequest,
+    GetAccountRequest, GetHoldRequest, Hold, LedgerEntry, ListLedgerRequest, ListLedgerResponse,
+    ReconcileRequest, ReconcileResponse, RefundRequest, ReleaseRequest, ReserveRequest,
+    TopUpRequest, credit_service_server::CreditService,
 };
 use mosaic_tenant::Role;
 use tonic::{Request, Response, Status};
@@ -22,7 +22,7 @@ use crate::accounts;
 use crate::holds::{self, NewCapture, NewHold};
 use crate::ids::{EntryId, HoldId};
 use crate::input::{self, scope, scope_for_service};
-use crate::ledger::{self, Movement, NewRefund};
+use crate::ledger::{self, Movement, NewAdjustment, NewRefund};
 
 /// The service role of the payment integration, which may top up any tenant.
 pub const PAYMENTS_ROLE: &str = "svc:payments";
@@ -194,6 +194,26 @@ impl CreditService for Credits {
             reference: movement.reference,
         };
         let entry = ledger::refund(&self.db, &ctx, &refund).await?;
+        Ok(Response::new(entry.into_proto()))
+    }
+
+    async fn adjust(&self, req: Request<AdjustRequest>) -> Result<Response<LedgerEntry>, Status> {
+        let ctx = TenantContext::of(&req)?;
+        ctx.require_platform_admin()?;
+        let request = req.get_ref();
+        let ctx = scope(&ctx, &request.tenant_id)?;
+        let (amount, key, reference) = (
+            input::signed_amount("amount", request.amount),
+            input::key("idempotency_key", &request.idempotency_key),
+            parse::name("reference", &request.reference, input::MAX_REFERENCE_CHARS),
+        )
+            .all_ok()?;
+        let adjustment = NewAdjustment {
+            amount,
+            key,
+            reference,
+        };
+        let entry = ledger::adjust(&self.db, &ctx, &adjustment).await?;
         Ok(Response::new(entry.into_proto()))
     }
 

@@ -30,6 +30,14 @@ pub fn amount(field: &str, raw: i64) -> ApiResult<i64> {
     Ok(raw)
 }
 
+/// A signed correction: not 0, at most [`MAX_AMOUNT`] either way.
+pub fn signed_amount(field: &str, raw: i64) -> ApiResult<i64> {
+    if raw == 0 {
+        return Err(ApiError::invalid_argument(field, "must not be 0"));
+    }
+    amount(field, raw.checked_abs().unwrap_or(i64::MAX)).map(|_| raw)
+}
+
 /// An idempotency key: 1..=128 of `A-Z a-z 0-9 . _ : -` (a UUID, a message
 /// id, `order-42:charge`).
 pub fn key(field: &str, raw: &str) -> ApiResult<String> {
@@ -94,6 +102,15 @@ mod tests {
         for bad in [0, -1, i64::MIN, MAX_AMOUNT + 1, i64::MAX] {
             let e = amount("amount", bad).unwrap_err();
             assert_eq!(e.violations()[0].field, "amount", "{bad}");
+        }
+    }
+
+    #[test]
+    fn corrections_are_signed_and_bounded() {
+        assert_eq!(signed_amount("amount", -5).unwrap(), -5);
+        assert_eq!(signed_amount("amount", MAX_AMOUNT).unwrap(), MAX_AMOUNT);
+        for bad in [0, i64::MIN, -MAX_AMOUNT - 1, MAX_AMOUNT + 1] {
+            assert!(signed_amount("amount", bad).is_err(), "{bad}");
         }
     }
 

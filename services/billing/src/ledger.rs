@@ -123,6 +123,36 @@ pub async fn refund(db: &Database, ctx: &TenantContext, refund: &NewRefund) -> A
     finish(db, ctx, tx, change).await
 }
 
+/// A checked Adjust: a signed amount and its reason.
+#[derive(Debug)]
+pub struct NewAdjustment {
+    pub amount: i64,
+    pub key: String,
+    pub reference: String,
+}
+
+/// Corrects the balance by a signed amount (never below what is held).
+pub async fn adjust(
+    db: &Database,
+    ctx: &TenantContext,
+    adjustment: &NewAdjustment,
+) -> ApiResult<EntryRow> {
+    let change = Change {
+        kind: EntryKind::Adjustment,
+        amount: adjustment.amount,
+        held_change: 0,
+        key: Some(&adjustment.key),
+        reference: &adjustment.reference,
+        hold_id: None,
+        refund_of: None,
+        action: "ledger.adjust",
+        resource_type: "ledger_entry",
+        resource_id: None,
+    };
+    let tx = db.begin(ctx).await?;
+    finish(db, ctx, tx, change).await
+}
+
 /// Applies `change` in `tx` and commits; a refused change becomes the
 /// replay of its key or the reason it was refused.
 pub(crate) async fn finish(

@@ -7,7 +7,7 @@
 //! rows); the SQL is in one `storage` module per resource:
 //!
 //! - [`accounts`]: CreateAccount, GetAccount and Reconcile;
-//! - [`ledger`]: TopUp, Consume, Refund and ListLedger;
+//! - [`ledger`]: TopUp, Consume, Refund, Adjust and ListLedger;
 //! - [`holds`]: Reserve, Capture, Release and GetHold;
 //! - [`sweeper`]: the background task that releases expired holds;
 //! - [`input`]: billing's request values (amounts, idempotency keys,
