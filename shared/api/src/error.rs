@@ -343,7 +343,10 @@ mod tests {
             .with_metadata("requested", 9);
         let status = Status::from(sent);
         let info = status.get_error_details().error_info().cloned().unwrap();
-        assert_eq!(info.metadata.get("available").map(String::as_str), Some("7"));
+        assert_eq!(
+            info.metadata.get("available").map(String::as_str),
+            Some("7")
+        );
         let back = ApiError::from_status(&status);
         assert_eq!(
             back.metadata(),
