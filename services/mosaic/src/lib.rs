@@ -24,6 +24,7 @@ pub const SERVICES: &[&'static dyn ServiceModule] = &[
     &mosaic_identity::Identity,
     &mosaic_crm::Crm,
     &mosaic_agents::Agents,
+    &mosaic_billing::Billing,
 ];
 
 /// Serves every service on `listener` until `shutdown` completes, then drains

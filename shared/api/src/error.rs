@@ -28,6 +28,9 @@ pub struct ApiError {
     message: String,
     violations: Vec<FieldViolation>,
     retry_after: Option<Duration>,
+    /// `google.rpc.ErrorInfo.metadata`: facts a client acts on (billing's
+    /// `available` beside `INSUFFICIENT_CREDITS`).
+    metadata: Vec<(String, String)>,
 }
 
 impl ApiError {
@@ -38,7 +41,19 @@ impl ApiError {
             message: message.into(),
             violations: Vec::new(),
             retry_after: None,
+            metadata: Vec::new(),
         }
+    }
+
+    /// Adds one `ErrorInfo.metadata` entry.
+    pub fn with_metadata(mut self, key: &str, value: impl std::fmt::Display) -> Self {
+        self.metadata.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    /// The `ErrorInfo.metadata` entries.
+    pub fn metadata(&self) -> &[(String, String)] {
+        &self.metadata
     }
 
     /// INVALID_ARGUMENT, reason `INVALID_ARGUMENT`, one field named.
@@ -162,6 +177,11 @@ impl ApiError {
             .error_info()
             .map(|info| info.reason.clone())
             .unwrap_or_else(|| format!("{:?}", status.code()).to_uppercase());
+        let mut metadata: Vec<(String, String)> = details
+            .error_info()
+            .map(|info| info.metadata.clone().into_iter().collect())
+            .unwrap_or_default();
+        metadata.sort();
         let violations: Vec<FieldViolation> = details
             .bad_request()
             .map(|bad| {
@@ -186,6 +206,7 @@ impl ApiError {
             message,
             violations,
             retry_after: details.retry_info().and_then(|retry| retry.retry_delay),
+            metadata,
         }
     }
 
@@ -205,7 +226,13 @@ impl std::error::Error for ApiError {}
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        let mut details = ErrorDetails::with_error_info(e.reason.clone(), DOMAIN, []);
+        let mut details = ErrorDetails::with_error_info(
+            e.reason.clone(),
+            DOMAIN,
+            e.metadata
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
         if !e.violations.is_empty() {
             details.set_bad_request(
                 e.violations
@@ -307,6 +334,27 @@ mod tests {
             .map(|f| f.field.clone())
             .collect();
         assert_eq!(fields, ["display_name", "plan"]);
+    }
+
+    #[test]
+    fn error_info_metadata_travels_and_reads_back() {
+        let sent = ApiError::failed_precondition("INSUFFICIENT_CREDITS", "short")
+            .with_metadata("available", 7)
+            .with_metadata("requested", 9);
+        let status = Status::from(sent);
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(
+            info.metadata.get("available").map(String::as_str),
+            Some("7")
+        );
+        let back = ApiError::from_status(&status);
+        assert_eq!(
+            back.metadata(),
+            [
+                ("available".to_owned(), "7".to_owned()),
+                ("requested".to_owned(), "9".to_owned())
+            ]
+        );
     }
 
     #[test]

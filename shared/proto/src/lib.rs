@@ -41,10 +41,16 @@ pub mod pb {
                 tonic::include_proto!("mosaic.agents.v1");
             }
         }
+        pub mod billing {
+            pub mod v1 {
+                tonic::include_proto!("mosaic.billing.v1");
+            }
+        }
     }
 }
 
 pub use pb::mosaic::agents::v1 as agents;
+pub use pb::mosaic::billing::v1 as billing;
 pub use pb::mosaic::common::v1 as common;
 pub use pb::mosaic::crm::v1 as crm;
 pub use pb::mosaic::identity::v1 as identity;
@@ -120,6 +126,8 @@ stored_enums!(
     agents::DocumentStatus,
     agents::TriggerType,
     agents::ExecutionStatus,
+    billing::EntryKind,
+    billing::HoldStatus,
 );
 
 #[cfg(test)]

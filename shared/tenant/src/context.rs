@@ -232,6 +232,36 @@ impl TenantContext {
         ))
     }
 
+    /// The context for acting on `tenant` as the holder of the service role
+    /// `role` (`svc:payments` crediting a tenant): the caller's own tenant
+    /// or, when the token carries `role`, the named one, with no tenant role
+    /// of its own. Anyone else asking for another tenant gets `not_found`.
+    pub fn scoped_for_service(
+        &self,
+        tenant: TenantId,
+        role: &str,
+        not_found: impl FnOnce() -> ApiError,
+    ) -> ApiResult<Self> {
+        if self.0.tenant == Some(tenant) || self.0.platform_admin {
+            return self.scoped_to(tenant, not_found);
+        }
+        if !self.has_service_role(role) {
+            return Err(not_found());
+        }
+        let i = &self.0;
+        Ok(Self::new(
+            Some(tenant),
+            i.principal.clone(),
+            None,
+            false,
+            i.service_roles.clone(),
+            i.request_id.clone(),
+            i.traceparent.clone(),
+            i.token.clone(),
+            i.deadline,
+        ))
+    }
+
     /// A context for work that no client request started (background jobs,
     /// bootstrap), acting as `principal` for `tenant`. Carries no token, so it
     /// cannot be propagated to other services.
@@ -263,5 +293,75 @@ impl TenantContext {
             String::new(),
             None,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(
+        tenant: Option<TenantId>,
+        role: Option<Role>,
+        admin: bool,
+        services: &[&str],
+    ) -> TenantContext {
+        TenantContext::new(
+            tenant,
+            "key:test".into(),
+            role,
+            admin,
+            services.iter().map(|s| (*s).to_owned()).collect(),
+            "req".into(),
+            String::new(),
+            String::new(),
+            None,
+        )
+    }
+
+    fn hidden() -> ApiError {
+        ApiError::not_found("X_NOT_FOUND", "not found")
+    }
+
+    #[test]
+    fn a_service_role_acts_for_a_named_tenant_and_nothing_else_does() {
+        let (own, other) = (
+            TenantId::from(Uuid::now_v7()),
+            TenantId::from(Uuid::now_v7()),
+        );
+        let payments = ctx(None, None, false, &["svc:payments"]);
+        let scoped = payments
+            .scoped_for_service(other, "svc:payments", hidden)
+            .unwrap();
+        assert_eq!(scoped.tenant(), Some(other));
+        assert!(!scoped.is_platform_admin() && scoped.role().is_none());
+        assert!(scoped.has_service_role("svc:payments"));
+        // Another service role, or a tenant's own owner naming another tenant: hidden.
+        let lookup = ctx(None, None, false, &["svc:agent_lookup"]);
+        let e = lookup
+            .scoped_for_service(other, "svc:payments", hidden)
+            .unwrap_err();
+        assert_eq!(e.reason(), "X_NOT_FOUND");
+        let owner = ctx(Some(own), Some(Role::Owner), false, &[]);
+        assert!(
+            owner
+                .scoped_for_service(other, "svc:payments", hidden)
+                .is_err()
+        );
+        assert_eq!(
+            owner
+                .scoped_for_service(own, "svc:payments", hidden)
+                .unwrap()
+                .tenant(),
+            Some(own)
+        );
+        // A platform admin keeps its rights.
+        let admin = ctx(None, None, true, &[]);
+        assert!(
+            admin
+                .scoped_for_service(other, "svc:payments", hidden)
+                .unwrap()
+                .is_platform_admin()
+        );
     }
 }
