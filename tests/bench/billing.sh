@@ -25,7 +25,8 @@
 #           the service's own statement (ledger::storage::APPLY_SQL, read from the
 #           source: the conditional UPDATE of the account, the ledger INSERT from its
 #           RETURNING, the audit INSERT); COMMIT;
-#   4. prints req/s, TPS, the ratios, and then Reconciles every bench account
+#   4. prints req/s, TPS, the ratios, the CPU each side spends per call outside
+#      PostgreSQL (the gRPC client, the service, pgbench), and then Reconciles every bench account
 #      (billing_bench reconcile) and prints the drift total, which must be 0.
 #
 # Knobs: BENCH_SECONDS (10), BENCH_CONCURRENCY ("8 32"), BENCH_ACCOUNTS (1000),
@@ -124,17 +125,29 @@ rows=$(bench_psql "$role" -At -f "$BENCH_TMP/probe.sql") || bench_die "the pgben
 bench_say "pgbench statement debits the account and writes its entry as $role under RLS"
 
 # --- load -------------------------------------------------------------------------------
-# bench_consume <label> <accounts> <c>: sets BENCH_RPS; every call must be OK in the
-# service's metrics too.
+# CPU time, to say where a call's cost goes on these shared cores: the service's own
+# (from /proc), and each load client's (bash's `time` of the run), per call.
+cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f\n", ($14 + $15) / hz}' "/proc/$1/stat"; }
+TIMEFORMAT='%U %S'
+# per_call_us <cpu seconds> <calls>
+per_call_us() { python3 -c 'import sys; s, n = float(sys.argv[1]), int(sys.argv[2]); print(round(s * 1e6 / n) if n else 0)' "$1" "$2"; }
+declare -A client_us service_us pgbench_client_us
+
+# bench_consume <label> <accounts> <c>: sets BENCH_RPS and BENCH_CLIENT_US /
+# BENCH_SERVICE_US (CPU per call); every call must be OK in the service's metrics too.
 bench_consume() {
-  local label=$1 n=$2 c=$3 tag before after result ok failed
+  local label=$1 n=$2 c=$3 tag before after result ok failed cpu0 user sys
   tag=$(printf '%s' "$label" | tr -c 'A-Za-z0-9' '_')
   before="$BENCH_TMP/codes-$tag.before"
   after="$BENCH_TMP/codes-$tag.after"
   bench_suite_alive
   "$TOOL" consume "$addr" "$admin" "$n" "$c" 2 >/dev/null || bench_die "$label: warm-up failed"
   bench_metric_codes "$method" "$before"
-  result=$("$TOOL" consume "$addr" "$admin" "$n" "$c" "$secs") || bench_die "$label: billing_bench failed"
+  cpu0=$(cpu_secs "$BENCH_SUITE_PID")
+  { time "$TOOL" consume "$addr" "$admin" "$n" "$c" "$secs" >"$BENCH_TMP/consume-$tag.out"; } 2>"$BENCH_TMP/consume-$tag.time" ||
+    bench_die "$label: billing_bench failed: $(cat "$BENCH_TMP/consume-$tag.time")"
+  result=$(cat "$BENCH_TMP/consume-$tag.out")
+  read -r user sys <<<"$(tail -n 1 "$BENCH_TMP/consume-$tag.time")"
   bench_metric_codes "$method" "$after"
   bench_metric_delta "$before" "$after"
   ok=$(sed -nE 's/.*ok=([0-9]+).*/\1/p' <<<"$result")
@@ -145,6 +158,8 @@ bench_consume() {
     bench_die "$label: calls failed ($result; $BENCH_DELTA_TEXT)"
   [ "$BENCH_OK_DELTA" = "$ok" ] ||
     bench_die "$label: the service counted $BENCH_OK_DELTA OK calls, billing_bench $ok"
+  BENCH_SERVICE_US=$(per_call_us "$(python3 -c 'import sys; print(float(sys.argv[1]) - float(sys.argv[2]))' "$(cpu_secs "$BENCH_SUITE_PID")" "$cpu0")" "$ok")
+  BENCH_CLIENT_US=$(per_call_us "$(python3 -c 'import sys; print(float(sys.argv[1]) + float(sys.argv[2]))' "$user" "$sys")" "$ok")
 }
 
 declare -A grpc_rps pg_tps
@@ -154,8 +169,13 @@ for dist in hot spread; do
   for c in "${concurrency[@]}"; do
     bench_consume "Consume $dist c=$c" "$n" "$c"
     grpc_rps[$dist-$c]=$BENCH_RPS
-    bench_pgbench "pgbench $dist c=$c" "$role" "$BENCH_TMP/consume_$dist.sql" prepared "$c" "$secs"
+    client_us[$dist-$c]=$BENCH_CLIENT_US
+    service_us[$dist-$c]=$BENCH_SERVICE_US
+    { time bench_pgbench "pgbench $dist c=$c" "$role" "$BENCH_TMP/consume_$dist.sql" prepared "$c" "$secs"; } 2>"$BENCH_TMP/pgbench-$dist-$c.time"
     pg_tps[$dist-$c]=$BENCH_TPS
+    read -r user sys <<<"$(tail -n 1 "$BENCH_TMP/pgbench-$dist-$c.time")"
+    done_tx=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$BENCH_TMP/pgbench-pgbench_${dist}_c_$c.out")
+    pgbench_client_us[$dist-$c]=$(per_call_us "$(python3 -c 'import sys; print(float(sys.argv[1]) + float(sys.argv[2]))' "$user" "$sys")" "${done_tx:-0}")
   done
 done
 peak_rss=$(bench_peak_rss_mib)
@@ -169,15 +189,19 @@ drift=$(sed -nE 's/.*drift_total=(-?[0-9]+).*/\1/p' <<<"$reconciled")
 echo
 echo "Consume over gRPC (billing_bench, c connections, 1 in flight each) vs pgbench as $role"
 echo "(-M prepared: BEGIN; set_config; the service's UPDATE+INSERT+INSERT statement; COMMIT), ~${secs}s each:"
-printf '%-8s %-4s %14s %14s %14s\n' "accounts" "c" "gRPC req/s" "pgbench TPS" "grpc/pgbench"
+printf '%-8s %-4s %14s %14s %14s %16s %16s %18s\n' "accounts" "c" "gRPC req/s" "pgbench TPS" "grpc/pgbench" \
+  "client us/call" "service us/call" "pgbench us/call"
 for dist in hot spread; do
   label=1
   [ "$dist" = spread ] && label=$accounts
   for c in "${concurrency[@]}"; do
-    printf '%-8s %-4s %14.0f %14.0f %14s\n' "$label" "$c" "${grpc_rps[$dist-$c]}" "${pg_tps[$dist-$c]}" \
-      "$(bench_ratio "${grpc_rps[$dist-$c]}" "${pg_tps[$dist-$c]}")"
+    printf '%-8s %-4s %14.0f %14.0f %14s %16s %16s %18s\n' "$label" "$c" "${grpc_rps[$dist-$c]}" "${pg_tps[$dist-$c]}" \
+      "$(bench_ratio "${grpc_rps[$dist-$c]}" "${pg_tps[$dist-$c]}")" \
+      "${client_us[$dist-$c]}" "${service_us[$dist-$c]}" "${pgbench_client_us[$dist-$c]}"
   done
 done
+echo "CPU per call: the gRPC client's (billing_bench), the service's (mosaic-billing), and pgbench's own"
+echo "client CPU per transaction; PostgreSQL's backends are not counted (both sides drive them alike)."
 echo "Reconcile of the $accounts bench accounts afterwards: $reconciled"
 echo "mosaic-billing peak RSS (VmHWM): ${peak_rss} MiB; cold start ${BENCH_COLD_START_MS} ms"
 bench_suite_log_report

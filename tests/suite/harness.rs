@@ -40,7 +40,10 @@ static APP: OnceLock<App> = OnceLock::new();
 
 /// The test settings: the process environment (the local defaults), with a
 /// token key made for this run, no rate limits, no metrics port, quick
-/// probes and drains.
+/// probes and drains, and small pools: four services' pools at their
+/// production size (16 + 4 read connections each) plus the suites some tests
+/// start of their own would pass PostgreSQL's 100 connections, and a test
+/// would see DB_UNAVAILABLE.
 pub(crate) fn env() -> Env {
     let secret: String = (0..4)
         .map(|_| Uuid::new_v4().simple().to_string())
@@ -54,6 +57,9 @@ pub(crate) fn env() -> Env {
         .with("MOSAIC_METRICS_ADDR", "off")
         .with("MOSAIC_PROBE_INTERVAL_MS", "200")
         .with("MOSAIC_SHUTDOWN_TIMEOUT_SECS", "5")
+        .with("MOSAIC_DB_MAX_CONNECTIONS", "10")
+        .with("MOSAIC_DB_MIN_CONNECTIONS", "0")
+        .with("MOSAIC_DB_READ_CONNECTIONS", "2")
 }
 
 /// Bootstraps and migrates the test database (idempotent; safe in parallel).
@@ -271,6 +277,10 @@ pub(crate) fn assert_bad_field(status: &Status, field: &str) {
 /// token key, plus overrides such as another Redis), and a channel to it.
 /// It shares the database, so tenants made through [`app`] exist in it.
 pub(crate) async fn suite_with(env: Env) -> Channel {
+    // Few connections: the shared suite holds most of what PostgreSQL allows.
+    let env = env
+        .with("MOSAIC_DB_MAX_CONNECTIONS", "4")
+        .with("MOSAIC_DB_READ_CONNECTIONS", "1");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
