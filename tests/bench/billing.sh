@@ -171,11 +171,9 @@ for dist in hot spread; do
     grpc_rps[$dist-$c]=$BENCH_RPS
     client_us[$dist-$c]=$BENCH_CLIENT_US
     service_us[$dist-$c]=$BENCH_SERVICE_US
-    { time bench_pgbench "pgbench $dist c=$c" "$role" "$BENCH_TMP/consume_$dist.sql" prepared "$c" "$secs"; } 2>"$BENCH_TMP/pgbench-$dist-$c.time"
+    bench_pgbench "pgbench $dist c=$c" "$role" "$BENCH_TMP/consume_$dist.sql" prepared "$c" "$secs"
     pg_tps[$dist-$c]=$BENCH_TPS
-    read -r user sys <<<"$(tail -n 1 "$BENCH_TMP/pgbench-$dist-$c.time")"
-    done_tx=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$BENCH_TMP/pgbench-pgbench_${dist}_c_$c.out")
-    pgbench_client_us[$dist-$c]=$(per_call_us "$(python3 -c 'import sys; print(float(sys.argv[1]) + float(sys.argv[2]))' "$user" "$sys")" "${done_tx:-0}")
+    pgbench_client_us[$dist-$c]=$(per_call_us "$BENCH_PGBENCH_CPU" "${BENCH_PGBENCH_TX:-0}")
   done
 done
 peak_rss=$(bench_peak_rss_mib)

@@ -508,17 +508,21 @@ bench_psql() {
 }
 
 # bench_pgbench <label> <user> <script> <simple|extended|prepared> <clients> <seconds>:
-# pgbench -n (no vacuum: there are no pgbench tables) with 2 threads. Sets BENCH_TPS;
+# pgbench -n (no vacuum: there are no pgbench tables) with 2 threads. Sets BENCH_TPS,
+# BENCH_PGBENCH_TX (transactions) and BENCH_PGBENCH_CPU (pgbench's own CPU seconds);
 # fails on failed or aborted transactions.
 bench_pgbench() {
   local label=$1 user=$2 script=$3 mode=$4 clients=$5 secs=$6 tag out jobs=2 failed
   tag=$(printf '%s' "$label" | tr -c 'A-Za-z0-9' '_')
   out="$BENCH_TMP/pgbench-$tag.out"
   [ "$clients" -ge "$jobs" ] || jobs=$clients
-  PGPASSWORD=$BENCH_PG_PASSWORD timeout $((secs + 60)) pgbench -n \
+  local TIMEFORMAT='%U %S'
+  { time PGPASSWORD=$BENCH_PG_PASSWORD timeout $((secs + 60)) pgbench -n \
     -h "$BENCH_PG_HOST" -p "$BENCH_PG_PORT" -U "$user" \
-    -M "$mode" -c "$clients" -j "$jobs" -T "$secs" -f "$script" "$BENCH_PG_DB" >"$out" 2>&1 ||
+    -M "$mode" -c "$clients" -j "$jobs" -T "$secs" -f "$script" "$BENCH_PG_DB" >"$out" 2>&1; } 2>"$out.time" ||
     { cat "$out" >&2; bench_die "$label: pgbench failed"; }
+  BENCH_PGBENCH_CPU=$(awk '{print $1 + $2}' "$out.time")
+  BENCH_PGBENCH_TX=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$out")
   failed=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$out")
   if [ "${failed:-0}" != 0 ] || grep -qiE 'aborted|error' "$out"; then
     cat "$out" >&2
