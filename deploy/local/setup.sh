@@ -78,9 +78,9 @@ command -v pg_isready >/dev/null 2>&1 || packages+=(postgresql-client)
 # pgbench (load tests) ships with the server package, which postgresql-contrib pulls in.
 command -v pgbench >/dev/null 2>&1 || packages+=(postgresql-contrib)
 command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
-if ! listening "$redis_port" && ! command -v redis-server >/dev/null 2>&1; then
-  packages+=(redis-server)
-fi
+# The binary also when a Redis already serves $redis_port: the cache's outage and
+# Cluster tests start redis-servers of their own on free ports.
+command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v h2load >/dev/null 2>&1 || packages+=(nghttp2-client)
 if ! command -v python3 >/dev/null 2>&1; then
   packages+=(python3 python3-venv)
@@ -93,8 +93,21 @@ if [ "${#packages[@]}" -gt 0 ]; then
   packages=($(printf '%s\n' "${packages[@]}" | sort -u))
   say "installing ${packages[*]}"
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  # Packages must not start their daemons: this script starts what is missing
+  # itself, and a Redis or PostgreSQL may already hold the port (policy-rc.d, the
+  # Debian convention that invoke-rc.d asks; removed again at once).
+  policy=/usr/sbin/policy-rc.d
+  placed_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${as_root[@]}" tee "$policy" >/dev/null
+    "${as_root[@]}" chmod +x "$policy"
+    placed_policy=1
+  fi
+  install_rc=0
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+    apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null || install_rc=$?
+  [ "$placed_policy" = 0 ] || "${as_root[@]}" rm -f "$policy"
+  [ "$install_rc" = 0 ] || die "apt-get install ${packages[*]} failed (status $install_rc)"
 else
   say "system packages already installed"
 fi
