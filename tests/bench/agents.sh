@@ -11,7 +11,8 @@
 #      (BEGIN; SET LOCAL mosaic.tenant_id; the primary-key SELECT; COMMIT, -M simple);
 #   3. ClaimDocuments of 10 documents (one claim, a one-hour lease) over gRPC beside
 #      pgbench of the same transaction: BEGIN; SET LOCAL; the claim's UPDATE (the
-#      CLAIM statement of services/agents/src/documents/storage.rs, with its RETURNING);
+#      CLAIM statement, read from services/agents/src/documents/storage.rs, with its
+#      RETURNING);
 #      its audit INSERT; COMMIT. Each side claims from its own tenant's
 #      BENCH_CLAIM_DOCS (600,000) pending documents, seeded by the admin login, and
 #      the script fails if either ran dry (an empty claim is cheap and would flatter);
@@ -88,8 +89,17 @@ pending() {
 claim_body="$BENCH_TMP/claim.bin"
 bench_grpc_frame "$claim_body" 1:int=10 2:hex=08901c # max_documents 10, lease { seconds: 3600 }
 document_cols="t.document_id, t.agent_id, t.display_name, t.source_uri, t.metadata, CASE WHEN (t.status = 'processing' AND t.lease_expires_at <= now()) THEN 'pending' ELSE t.status END AS status, CASE WHEN (t.status = 'processing' AND t.lease_expires_at <= now()) THEN NULL ELSE t.claim_id END AS claim_id, CASE WHEN (t.status = 'processing' AND t.lease_expires_at <= now()) THEN NULL ELSE t.lease_expires_at END AS lease_expires_at, t.claim_id AS last_claim_id, t.attempt_count, t.chunk_count, t.vector_count, t.error, t.revision, t.created_at, t.updated_at, t.deleted_at"
+# The service's own claim statement, its parameters filled in: tenant, 10 documents,
+# a fresh claim id, a one-hour lease.
+claim_source=$(bench_rust_const "$BENCH_REPO/services/agents/src/documents/storage.rs" CLAIM) ||
+  bench_die "could not read CLAIM from services/agents/src/documents/storage.rs"
 claim_update() { # <tenant> <claim id expression>
-  printf '%s' "WITH expired AS (SELECT c.document_id FROM documents c WHERE c.tenant_id = '$1' AND c.status = 'processing' AND c.lease_expires_at <= now() AND c.deleted_at IS NULL ORDER BY c.lease_expires_at LIMIT 10 FOR UPDATE SKIP LOCKED), pending AS (SELECT c.document_id FROM documents c WHERE c.tenant_id = '$1' AND c.status = 'pending' AND c.deleted_at IS NULL ORDER BY c.created_at, c.document_id LIMIT 10 FOR UPDATE SKIP LOCKED) UPDATE documents AS t SET status = 'processing', claim_id = $2, lease_expires_at = now() + make_interval(secs => 3600::float8), attempt_count = t.attempt_count + 1, revision = t.revision + 1, updated_at = now() FROM (SELECT document_id FROM expired UNION ALL SELECT document_id FROM pending LIMIT 10) picked WHERE t.tenant_id = '$1' AND t.document_id = picked.document_id"
+  python3 - "$claim_source" "'$1'" "$2" <<'PY'
+import re, sys
+sql, tenant, claim = sys.argv[1:]
+params = {1: tenant, 2: "10", 3: claim, 4: "3600::float8"}
+print(re.sub(r"\$(\d+)", lambda m: params[int(m.group(1))], sql.strip()))
+PY
 }
 claim_sql="$BENCH_TMP/claim.sql"
 printf '%s\n' 'BEGIN;' "SET LOCAL mosaic.tenant_id = '$pg_tenant';" \

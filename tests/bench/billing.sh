@@ -77,11 +77,11 @@ reply=$(bench_grpc "$admin" "${method#/}" "{\"tenant_id\":\"$hot\",\"amount\":\"
 bench_say "Consume with grpcurl debits account 1: $(printf '%s' "$reply" | bench_json_get balanceAfter) left"
 
 # --- pgbench scripts: the service's statement, its parameters as pgbench expressions --
-apply_sql=$(python3 - "$BENCH_REPO/services/billing/src/ledger/storage.rs" <<'PY'
+source_sql=$(bench_rust_const "$BENCH_REPO/services/billing/src/ledger/storage.rs" APPLY_SQL) ||
+  bench_die "could not read APPLY_SQL from services/billing/src/ledger/storage.rs"
+apply_sql=$(python3 - "$source_sql" <<'PY'
 import re, sys
-src = open(sys.argv[1]).read()
-body = re.search(r'pub const APPLY_SQL: &str = "(.*?)";', src, re.S).group(1)
-sql = re.sub(r"\\\n\s*", "", body)
+sql = sys.argv[1].strip()
 params = {
     1: "('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid",  # tenant
     2: "gen_random_uuid()",            # entry id
@@ -101,7 +101,7 @@ params = {
 }
 print(re.sub(r"\$(\d+)", lambda m: params[int(m.group(1))], sql) + ";")
 PY
-) || bench_die "could not read APPLY_SQL from services/billing/src/ledger/storage.rs"
+) || bench_die "could not fill in APPLY_SQL's parameters"
 write_script() { # <out> <\set line for n>
   printf '%s\n' "$2" '\set r random(1, 9000000000000000000)' 'BEGIN;' \
     "SELECT set_config('mosaic.tenant_id', '00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'), true);" \

@@ -13,6 +13,7 @@
 #   bench_h2load "GetTenant c=8" /mosaic.identity.v1.TenantService/GetTenant \
 #     "$BENCH_TMP/get.bin" "$BENCH_TENANT_TOKEN" 8 10      # sets BENCH_RPS
 #   bench_pgbench "4 statements c=8" script.sql simple 8 10  # sets BENCH_TPS
+#   bench_rust_const services/x/src/storage.rs CLAIM         # a service's SQL, for pgbench
 #   bench_peak_rss_mib                                     # prints VmHWM in MiB
 #
 # Everything runs on 127.0.0.1. The suite is stopped on exit, also on failure,
@@ -362,6 +363,20 @@ for arg in sys.argv[2:]:
     msg += varint((int(field) << 3) | 2) + varint(len(data)) + data
 with open(sys.argv[1], "wb") as f:
     f.write(b"\x00" + struct.pack(">I", len(msg)) + msg)
+PY
+}
+
+# bench_rust_const <file> <NAME>: the text of `const NAME: &str = "...";` in a Rust
+# source file (a statement the service runs), its `\` line continuations joined, so
+# that pgbench runs what the service runs, not a copy that can drift.
+bench_rust_const() {
+  python3 - "$1" "$2" <<'PY'
+import re, sys
+src = open(sys.argv[1]).read()
+m = re.search(r'const ' + re.escape(sys.argv[2]) + r': &str = "(.*?)";', src, re.S)
+if not m:
+    sys.exit(f"no const {sys.argv[2]} in {sys.argv[1]}")
+print(re.sub(r"\\\n\s*", "", m.group(1)))
 PY
 }
 
