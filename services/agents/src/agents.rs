@@ -24,7 +24,7 @@ use mosaic_api::rules::{Kind, masked};
 use mosaic_api::{AllOk, ApiError, ApiResult, convert, etag, mask::UpdateMask, parse};
 use mosaic_cache::{Cache, CacheKey, Entry, Lookup};
 use mosaic_db::access::AccessView;
-use mosaic_db::{Database, Resource, TenantContext, create_once};
+use mosaic_db::{Changed, Database, Resource, TenantContext, create_once};
 use mosaic_proto::agents::{
     Agent, ClearPublicKeyRequest, CreateAgentRequest, DeleteAgentRequest, GetAgentRequest,
     ListAgentsRequest, ListAgentsResponse, LookupAgentByPublicKeyRequest,
@@ -553,7 +553,9 @@ impl AgentService for Agents {
 
 impl Agents {
     /// Sets (`Some`) or clears the public key of a live agent, with its
-    /// audit event; clearing an agent without a key changes nothing.
+    /// audit event (`action`); clearing an agent without a key changes
+    /// nothing. The cached entries of the agent and of its old key go after
+    /// the commit.
     async fn set_public_key(
         &self,
         ctx: &TenantContext,
@@ -563,27 +565,28 @@ impl Agents {
         action: &str,
         details: serde_json::Value,
     ) -> ApiResult<storage::AgentRow> {
-        let mut tx = self.db.begin(ctx).await?;
-        let current: storage::AgentRow = RESOURCE.get_for_update(&mut tx, id).await?;
-        RESOURCE.kind.check_writable(
-            current.meta.revision,
-            current.meta.deleted_at.is_some(),
-            expected,
-        )?;
-        if key.is_none() && current.public_key_prefix.is_none() {
-            tx.finish_read();
-            return Ok(current);
-        }
-        let row = storage::set_public_key(
-            &mut tx,
-            id,
-            key.map(|key| (key.hash.as_slice(), key.prefix.as_str())),
-        )
-        .await?;
-        tx.audit(action, "agent", id, details).await?;
-        tx.commit().await?;
-        self.invalidate(ctx, &row, current.public_key_hash.as_deref())
-            .await;
+        let mut old_key = None;
+        let row = RESOURCE
+            .change(
+                &self.db,
+                ctx,
+                id,
+                expected,
+                action,
+                details,
+                async |tx, current: storage::AgentRow| {
+                    if key.is_none() && current.public_key_hash.is_none() {
+                        return Ok(Changed::Unchanged(current));
+                    }
+                    old_key = current.public_key_hash;
+                    let key = key.map(|key| (key.hash.as_slice(), key.prefix.as_str()));
+                    storage::set_public_key(tx, id, key)
+                        .await
+                        .map(Changed::Written)
+                },
+            )
+            .await?;
+        self.invalidate(ctx, &row, old_key.as_deref()).await;
         Ok(row)
     }
 }

@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 use mosaic_api::page::{self, PageBinding};
 use mosaic_api::rules::{Kind, masked};
 use mosaic_api::{AllOk, ApiError, ApiResult, etag, mask::UpdateMask, parse};
-use mosaic_db::{Database, Resource, TenantContext, create_once};
+use mosaic_db::{Changed, Database, Resource, TenantContext, create_once};
 use mosaic_proto::StoredEnum;
 use mosaic_proto::agents::{
     CreateWorkflowRequest, DeleteWorkflowRequest, DisableWorkflowRequest, EnableWorkflowRequest,
@@ -135,30 +135,31 @@ impl Workflows {
             etag::parse("etag", raw_etag),
         )
             .all_ok()?;
-        let mut tx = self.db.begin(ctx).await?;
-        let current: storage::WorkflowRow = RESOURCE.get_for_update(&mut tx, id).await?;
-        RESOURCE.kind.check_writable(
-            current.meta.revision,
-            current.meta.deleted_at.is_some(),
-            expected,
-        )?;
-        if current.enabled == enabled {
-            tx.finish_read();
-            return Ok(current.into_proto());
-        }
-        let fields = WorkflowFields {
-            enabled,
-            ..current.fields()
-        };
-        let row = storage::update(&mut tx, id, &fields).await?;
         let action = if enabled {
             "workflow.enable"
         } else {
             "workflow.disable"
         };
-        tx.audit(action, "workflow", id, serde_json::json!({}))
+        let row = RESOURCE
+            .change(
+                &self.db,
+                ctx,
+                id,
+                expected,
+                action,
+                serde_json::json!({}),
+                async |tx, current: storage::WorkflowRow| {
+                    if current.enabled == enabled {
+                        return Ok(Changed::Unchanged(current));
+                    }
+                    let fields = WorkflowFields {
+                        enabled,
+                        ..current.fields()
+                    };
+                    storage::update(tx, id, &fields).await.map(Changed::Written)
+                },
+            )
             .await?;
-        tx.commit().await?;
         Ok(row.into_proto())
     }
 }

@@ -252,14 +252,65 @@ impl<Id: RowId> Resource<Id> {
         R: Row + HasMeta,
         F: AsyncFnOnce(&mut TenantTx, R) -> ApiResult<R>,
     {
+        let action = format!("{}.update", self.kind.name);
+        self.change_in(tx, id, expected, &action, details, async |tx, current| {
+            write(tx, current).await.map(Changed::Written)
+        })
+        .await
+    }
+
+    /// A named change of a live row (`workflow.enable`,
+    /// `agent.rotate_public_key`), in a transaction of its own: as
+    /// [`Resource::update`], but audited as `action`, and `write` may find
+    /// nothing to change ([`Changed::Unchanged`]: the row is returned as it
+    /// is and nothing is audited).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn change<R, F>(
+        &self,
+        db: &Database,
+        ctx: &TenantContext,
+        id: Id,
+        expected: Option<i64>,
+        action: &str,
+        details: serde_json::Value,
+        write: F,
+    ) -> ApiResult<R>
+    where
+        R: Row + HasMeta,
+        F: AsyncFnOnce(&mut TenantTx, R) -> ApiResult<Changed<R>>,
+    {
+        let mut tx = db.begin(ctx).await?;
+        let row = self
+            .change_in(&mut tx, id, expected, action, details, write)
+            .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    async fn change_in<R, F>(
+        &self,
+        tx: &mut TenantTx,
+        id: Id,
+        expected: Option<i64>,
+        action: &str,
+        details: serde_json::Value,
+        write: F,
+    ) -> ApiResult<R>
+    where
+        R: Row + HasMeta,
+        F: AsyncFnOnce(&mut TenantTx, R) -> ApiResult<Changed<R>>,
+    {
         let current: R = self.get_for_update(tx, id).await?;
         let meta = current.meta();
         self.kind
             .check_writable(meta.revision, meta.is_deleted(), expected)?;
-        let row = write(tx, current).await?;
-        let action = format!("{}.update", self.kind.name);
-        tx.audit(&action, self.kind.name, id, details).await?;
-        Ok(row)
+        match write(tx, current).await? {
+            Changed::Unchanged(row) => Ok(row),
+            Changed::Written(row) => {
+                tx.audit(action, self.kind.name, id, details).await?;
+                Ok(row)
+            }
+        }
     }
 
     /// Soft delete (`deleted = true`) or undelete. Repeating either returns
@@ -332,6 +383,15 @@ impl<Id: RowId> Resource<Id> {
         tx.commit().await?;
         Ok(row)
     }
+}
+
+/// What the `write` of [`Resource::change`] did.
+#[derive(Debug)]
+pub enum Changed<R> {
+    /// Stored this row: the change is audited.
+    Written(R),
+    /// Nothing to change (the row already is so): not audited.
+    Unchanged(R),
 }
 
 /// Runs a create in one transaction, idempotent by `request_id` (AIP-155):
