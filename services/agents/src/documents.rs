@@ -138,8 +138,9 @@ impl Documents {
         Self { db }
     }
 
-    /// Finishes a PROCESSING document held by `claim` with `outcome`,
-    /// refusing every other state with a reason that names it.
+    /// Finishes a PROCESSING document held by `claim` with `outcome`: one
+    /// conditional UPDATE; only when it finds nothing is the row read, to
+    /// refuse with a reason that names its state.
     async fn finish(
         &self,
         ctx: &TenantContext,
@@ -148,42 +149,10 @@ impl Documents {
         outcome: storage::Outcome,
     ) -> ApiResult<Document> {
         let mut tx = self.db.begin(ctx).await?;
-        let current: storage::DocumentRow = RESOURCE.get_for_update(&mut tx, id).await?;
-        let verb = outcome.verb();
-        if current.meta.deleted_at.is_some() {
-            return Err(RESOURCE.kind.is_deleted());
-        }
-        if current.status == "pending" && current.last_claim_id == Some(claim) {
-            return Err(ApiError::failed_precondition(
-                CLAIM_NOT_HELD,
-                format!("the claim's lease ran out; the document cannot be {verb} with it"),
-            ));
-        }
-        if current.status != "processing" {
-            return Err(ApiError::failed_precondition(
-                INVALID_TRANSITION,
-                format!(
-                    "the document is {}; only a PROCESSING document can be {verb}",
-                    status_name(&current.status)
-                ),
-            ));
-        }
-        if current.claim_id != Some(claim) {
-            return Err(ApiError::failed_precondition(
-                CLAIM_NOT_HELD,
-                format!(
-                    "the document is PROCESSING under another claim; it cannot be {verb} with this one"
-                ),
-            ));
-        }
-        let row = storage::finish(&mut tx, id, claim, &outcome)
-            .await?
-            .ok_or_else(|| {
-                ApiError::failed_precondition(
-                    CLAIM_NOT_HELD,
-                    format!("the claim's lease ran out; the document cannot be {verb} with it"),
-                )
-            })?;
+        let Some(row) = storage::finish(&mut tx, id, claim, &outcome).await? else {
+            let current: storage::DocumentRow = RESOURCE.get_for_update(&mut tx, id).await?;
+            return Err(refusal(&current, claim, outcome.verb()));
+        };
         tx.audit(
             &format!("document.{}", outcome.action()),
             "document",
@@ -193,6 +162,35 @@ impl Documents {
         .await?;
         tx.commit().await?;
         Ok(row.into_proto())
+    }
+}
+
+/// Why `claim` could not finish `current` (`verb`: "completed", "failed").
+fn refusal(current: &storage::DocumentRow, claim: ClaimId, verb: &str) -> ApiError {
+    if current.meta.deleted_at.is_some() {
+        RESOURCE.kind.is_deleted()
+    } else if current.last_claim_id == Some(claim) {
+        // The claim is still written on the row (finishing clears it), so the
+        // UPDATE missed it for its lease alone.
+        ApiError::failed_precondition(
+            CLAIM_NOT_HELD,
+            format!("the claim's lease ran out; the document cannot be {verb} with it"),
+        )
+    } else if current.status != "processing" {
+        ApiError::failed_precondition(
+            INVALID_TRANSITION,
+            format!(
+                "the document is {}; only a PROCESSING document can be {verb}",
+                status_name(&current.status)
+            ),
+        )
+    } else {
+        ApiError::failed_precondition(
+            CLAIM_NOT_HELD,
+            format!(
+                "the document is PROCESSING under another claim; it cannot be {verb} with this one"
+            ),
+        )
     }
 }
 
