@@ -54,7 +54,6 @@ pub const SERVICE_ROLE_PREFIX: &str = "svc:";
 #[derive(Debug, Clone)]
 pub struct TenantContext(Arc<Inner>);
 
-#[derive(Debug)]
 struct Inner {
     tenant: Option<TenantId>,
     principal: String,
@@ -66,6 +65,22 @@ struct Inner {
     traceparent: String,
     token: String,
     deadline: Option<Instant>,
+}
+
+/// Everything but the token, which is a credential and never printed.
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantContext")
+            .field("tenant", &self.tenant)
+            .field("principal", &self.principal)
+            .field("role", &self.role)
+            .field("platform_admin", &self.platform_admin)
+            .field("service_roles", &self.service_roles)
+            .field("request_id", &self.request_id)
+            .field("traceparent", &self.traceparent)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TenantContext {

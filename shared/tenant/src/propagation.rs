@@ -18,25 +18,52 @@ use crate::trace;
 
 /// Carries one caller's context onto outgoing requests. Make one per incoming
 /// call with [`TenantContext::propagate`]; it is cheap.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Propagate {
     ctx: TenantContext,
+    /// A credential of the calling service itself, sent instead of the
+    /// caller's token.
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Propagate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Propagate")
+            .field("ctx", &self.ctx)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TenantContext {
     pub fn propagate(&self) -> Propagate {
-        Propagate { ctx: self.clone() }
+        Propagate {
+            ctx: self.clone(),
+            token: None,
+        }
+    }
+
+    /// Like [`TenantContext::propagate`], authenticated with `token` (a
+    /// service's own credential, e.g. conversations charging billing with a
+    /// `svc:charging` token) instead of the caller's; the request id, trace
+    /// and deadline are still the caller's. Also works for a
+    /// [`TenantContext::system`] context, which has no token of its own.
+    pub fn propagate_as(&self, token: String) -> Propagate {
+        Propagate {
+            ctx: self.clone(),
+            token: Some(token),
+        }
     }
 }
 
 impl Interceptor for Propagate {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let ctx = &self.ctx;
-        if ctx.token().is_empty() {
+        let token = self.token.as_deref().unwrap_or(ctx.token());
+        if token.is_empty() {
             return Err(Status::internal("context has no caller token to propagate"));
         }
         let md = req.metadata_mut();
-        let bearer = format!("Bearer {}", ctx.token());
+        let bearer = format!("Bearer {token}");
         let value = |s: &str| {
             MetadataValue::try_from(s).map_err(|_| Status::internal("unpropagatable header value"))
         };
