@@ -18,6 +18,7 @@
 //! - [`metrics`]: the gRPC call metrics and the `GET /metrics` side port.
 //! - [`metrics_layer`]: the tower layer counting calls by method and final
 //!   gRPC code, timing them, and logging one line per call ([`MetricsLayer`]).
+//! - [`peers`]: where the other services a service calls are ([`Peers`]).
 //! - [`health`]: `grpc.health.v1`, one [`HealthGroup`] of services per probe set.
 //! - [`reflection`]: gRPC server reflection, `v1` and `v1alpha`.
 //! - [`shutdown`]: the signal, and the [`Shutdown`] handle streams select on.
@@ -31,6 +32,7 @@ mod incoming;
 pub mod metrics;
 pub mod metrics_layer;
 pub mod module;
+pub mod peers;
 pub mod reflection;
 pub mod serve;
 pub mod shutdown;
@@ -43,6 +45,7 @@ pub use health::{Health, HealthGroup, LIVENESS};
 pub use metrics::{CallMetrics, serve_metrics};
 pub use metrics_layer::{ClientGone, MetricsLayer};
 pub use module::{BoxFuture, Deps, ExpiredRows, PurgeTenant, Service, ServiceModule};
+pub use peers::Peers;
 pub use serve::{PUBLIC_PREFIXES, ServeOptions, serve};
 pub use shutdown::{Shutdown, sigterm_or_ctrl_c};
 pub use telemetry::init_logging;

@@ -35,6 +35,7 @@ use mosaic_tenant::TokenSettings;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 
+use crate::peers::Peers;
 use crate::shutdown::Shutdown;
 
 /// A boxed future, for the object-safe traits here.
@@ -95,6 +96,8 @@ pub struct Deps {
     pub access: Arc<AccessView>,
     /// Fires when draining starts: long streams end on it.
     pub stop: Shutdown,
+    /// Channels to the other services it calls.
+    pub peers: Peers,
     /// The largest message a service decodes or encodes.
     pub max_message_bytes: usize,
 }

@@ -27,6 +27,7 @@ use tonic::service::RoutesBuilder;
 use crate::config::ServerConfig;
 use crate::health::{Health, HealthGroup};
 use crate::module::{Deps, ServiceModule};
+use crate::peers::Peers;
 use crate::serve::{ServeOptions, serve};
 use crate::shutdown::{Shutdown, sigterm_or_ctrl_c};
 use crate::telemetry::init_logging;
@@ -132,6 +133,11 @@ pub async fn run(
     );
     let poll = env.millis(ACCESS_POLL_MS, 1000)?;
 
+    let peers = Peers::new(
+        env.clone(),
+        modules.iter().map(|module| module.name()).collect(),
+        listener.local_addr().ok(),
+    );
     let mut routes = RoutesBuilder::default();
     let mut groups = Vec::new();
     let mut public = Vec::new();
@@ -157,6 +163,7 @@ pub async fn run(
             tokens: tokens.clone(),
             access: access.clone(),
             stop: stop.clone(),
+            peers: peers.clone(),
             max_message_bytes: config.max_message_bytes,
         };
         let service = module.build(&deps)?;
