@@ -3,7 +3,7 @@
 //! with the field named), and calls [`accounts`], [`ledger`] or [`holds`].
 //!
 //! Who may call what: reads (GetAccount, GetHold, ListLedger) viewer;
-//! Consume, Reserve, Capture, Release member; TopUp platform admin or
+//! Consume, Reserve, Capture, Release member (Consume also [`CHARGING_ROLE`]); TopUp platform admin or
 //! [`PAYMENTS_ROLE`]; CreateAccount, Refund, Adjust and Reconcile platform admin. A
 //! platform admin acts on any tenant by naming it.
 
@@ -26,6 +26,9 @@ use crate::ledger::{self, Movement, NewAdjustment, NewRefund};
 
 /// The service role of the payment integration, which may top up any tenant.
 pub const PAYMENTS_ROLE: &str = "svc:payments";
+/// The service role of a service that charges usage (conversations charging
+/// AI usage), which may consume the credits of any tenant it names.
+pub const CHARGING_ROLE: &str = "svc:charging";
 
 #[derive(Debug)]
 pub struct Credits {
@@ -109,9 +112,11 @@ impl CreditService for Credits {
 
     async fn consume(&self, req: Request<ConsumeRequest>) -> Result<Response<LedgerEntry>, Status> {
         let ctx = TenantContext::of(&req)?;
-        ctx.require(Role::Member)?;
+        if !ctx.has_service_role(CHARGING_ROLE) {
+            ctx.require(Role::Member)?;
+        }
         let request = req.get_ref();
-        let ctx = scope(&ctx, &request.tenant_id)?;
+        let ctx = scope_for_service(&ctx, &request.tenant_id, CHARGING_ROLE)?;
         let consume = movement(request.amount, &request.idempotency_key, &request.reference)?;
         let entry = ledger::consume(&self.db, &ctx, &consume).await?;
         Ok(Response::new(entry.into_proto()))
