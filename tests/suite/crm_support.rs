@@ -27,6 +27,9 @@ pub(crate) fn channel() -> Channel {
 pub(crate) fn companies() -> CompanyServiceClient<Channel> {
     CompanyServiceClient::new(channel())
 }
+pub(crate) fn contacts_on(channel: Channel) -> ContactServiceClient<Channel> {
+    ContactServiceClient::new(channel)
+}
 pub(crate) fn contacts() -> ContactServiceClient<Channel> {
     ContactServiceClient::new(channel())
 }

@@ -60,6 +60,21 @@ pub(crate) fn env() -> Env {
         .with("MOSAIC_DB_MAX_CONNECTIONS", "10")
         .with("MOSAIC_DB_MIN_CONNECTIONS", "0")
         .with("MOSAIC_DB_READ_CONNECTIONS", "2")
+        .with("MOSAIC_CONVERSATIONS_MONGODB_URL", mongo_url())
+        .with("MOSAIC_CONVERSATIONS_CHARGE_SWEEP_MS", "200")
+        .with("MOSAIC_CONVERSATIONS_CHARGE_GRACE_MS", "1000")
+}
+
+/// The MongoDB-wire server the setup started, with a database of this test
+/// run's own (the local server is slow with many documents; a fresh
+/// database per run keeps it fast and the runs apart).
+pub(crate) fn mongo_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let server = std::env::var("MOSAIC_TEST_MONGODB_SERVER")
+            .unwrap_or_else(|_| "mongodb://127.0.0.1:27017".to_owned());
+        format!("{server}/mosaic_test_{}", Uuid::now_v7().simple())
+    })
 }
 
 /// Bootstraps and migrates the test database (idempotent; safe in parallel).

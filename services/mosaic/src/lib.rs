@@ -25,6 +25,7 @@ pub const SERVICES: &[&'static dyn ServiceModule] = &[
     &mosaic_crm::Crm,
     &mosaic_agents::Agents,
     &mosaic_billing::Billing,
+    &mosaic_conversations::Conversations,
 ];
 
 /// Serves every service on `listener` until `shutdown` completes, then drains

@@ -95,6 +95,12 @@ impl ApiError {
         Self::new(Code::FailedPrecondition, reason, message)
     }
 
+    /// OUT_OF_RANGE: a position past what the resource holds (a stream
+    /// cursor older than the history kept).
+    pub fn out_of_range(reason: &str, message: impl Into<String>) -> Self {
+        Self::new(Code::OutOfRange, reason, message)
+    }
+
     /// UNAUTHENTICATED: no valid credential.
     pub fn unauthenticated(reason: &str, message: impl Into<String>) -> Self {
         Self::new(Code::Unauthenticated, reason, message)

@@ -46,12 +46,18 @@ pub mod pb {
                 tonic::include_proto!("mosaic.billing.v1");
             }
         }
+        pub mod conversations {
+            pub mod v1 {
+                tonic::include_proto!("mosaic.conversations.v1");
+            }
+        }
     }
 }
 
 pub use pb::mosaic::agents::v1 as agents;
 pub use pb::mosaic::billing::v1 as billing;
 pub use pb::mosaic::common::v1 as common;
+pub use pb::mosaic::conversations::v1 as conversations;
 pub use pb::mosaic::crm::v1 as crm;
 pub use pb::mosaic::identity::v1 as identity;
 
@@ -128,6 +134,11 @@ stored_enums!(
     agents::ExecutionStatus,
     billing::EntryKind,
     billing::HoldStatus,
+    conversations::Channel,
+    conversations::ConversationStatus,
+    conversations::SenderType,
+    conversations::MessageType,
+    conversations::ChargeState,
 );
 
 #[cfg(test)]
