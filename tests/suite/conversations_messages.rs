@@ -16,7 +16,7 @@ use tonic::Streaming;
 use crate::conversations_support::{
     ConvTenant, append_request, conversations, messages, messages_on, raw_find,
 };
-use crate::harness::{app, assert_bad_field, assert_error};
+use crate::harness::{app, assert_bad_field, assert_error, suite_with};
 
 #[tokio::test]
 async fn an_append_is_idempotent_under_eight_racing_retries() {
@@ -310,4 +310,63 @@ async fn an_open_tail_ends_with_unavailable_on_shutdown() {
         .unwrap()
         .unwrap();
     assert!(asked.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_ended_and_resumes_from_its_cursor() {
+    let t = ConvTenant::new().await;
+    let c = t.start().await;
+    let channel = suite_with(
+        app()
+            .env
+            .clone()
+            .with("MOSAIC_CONVERSATIONS_TAIL_STALL_MS", "500"),
+    )
+    .await;
+    let mut tail = messages_on(channel.clone())
+        .tail_messages(t.req(TailMessagesRequest {
+            conversation_id: c.conversation_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    // Far more than the buffer (64) and HTTP/2's flow-control windows (a few
+    // MiB) hold, unread.
+    let big = "x".repeat(30 * 1024);
+    let mut appended = Vec::new();
+    for _ in 0..250 {
+        appended.push(t.append(&c, &big).await.message_id);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut received = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), tail.message())
+            .await
+            .expect("the tail answers")
+        {
+            Ok(Some(item)) => received.push(item),
+            Ok(None) => panic!("the tail ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_error(&status, Code::Aborted, "TAIL_BEHIND");
+    assert!(
+        !received.is_empty() && received.len() < 200,
+        "the server held a bounded number for the stalled client: {}",
+        received.len()
+    );
+    assert_eq!(ids(&received), appended[..received.len()]);
+    // Its last cursor picks up exactly after the last one it got.
+    let mut resumed = messages()
+        .tail_messages(t.req(TailMessagesRequest {
+            conversation_id: c.conversation_id.clone(),
+            cursor: received.last().unwrap().cursor.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let rest = read(&mut resumed, appended.len() - received.len()).await;
+    assert_eq!(ids(&rest), appended[received.len()..]);
 }

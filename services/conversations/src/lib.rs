@@ -74,6 +74,7 @@ impl ServiceModule for Conversations {
                 charger.clone(),
                 prices,
                 deps.stop.clone(),
+                deps.env.millis(tail::STALL_MS, tail::DEFAULT_STALL_MS)?,
             )),
         );
         service.probe(Arc::new(mongo));

@@ -44,15 +44,23 @@ pub struct MessageApi {
     charger: Arc<Charger>,
     prices: Prices,
     stop: Shutdown,
+    stall: std::time::Duration,
 }
 
 impl MessageApi {
-    pub fn new(store: Store, charger: Arc<Charger>, prices: Prices, stop: Shutdown) -> Self {
+    pub fn new(
+        store: Store,
+        charger: Arc<Charger>,
+        prices: Prices,
+        stop: Shutdown,
+        stall: std::time::Duration,
+    ) -> Self {
         Self {
             store,
             charger,
             prices,
             stop,
+            stall,
         }
     }
 
@@ -394,6 +402,7 @@ impl MessageService for MessageApi {
             thread,
             from,
             self.stop.clone(),
+            self.stall,
         );
         Ok(Response::new(stream))
     }

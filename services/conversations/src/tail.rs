@@ -14,8 +14,9 @@
 //!
 //! Memory is bounded: at most [`BUFFER`] messages wait for a slow client;
 //! while the buffer is full the server stops reading the change stream (the
-//! backlog stays in MongoDB), and a client that has not read for [`STALL`]
-//! is ended with ABORTED `TAIL_BEHIND` (reconnect with the last cursor). On
+//! backlog stays in MongoDB), and a client that has not read for
+//! [`STALL_MS`] (30 s) is ended with ABORTED `TAIL_BEHIND` after the
+//! messages already buffered (reconnect with the last cursor). On
 //! shutdown the stream ends at once with UNAVAILABLE.
 
 use std::collections::HashSet;
@@ -40,8 +41,10 @@ use crate::store::{MessageRecord, Store, now};
 
 /// Messages held for a slow client.
 pub const BUFFER: usize = 64;
-/// How long a client may leave the buffer full before its tail is ended.
-pub const STALL: Duration = Duration::from_secs(30);
+/// `MOSAIC_CONVERSATIONS_TAIL_STALL_MS`: how long a client may leave the
+/// buffer full before its tail is ended (default 30000).
+pub const STALL_MS: &str = "MOSAIC_CONVERSATIONS_TAIL_STALL_MS";
+pub const DEFAULT_STALL_MS: u64 = 30_000;
 /// Reason of ABORTED for a client that stopped reading.
 pub const TAIL_BEHIND: &str = "TAIL_BEHIND";
 /// Messages read per replay query.
@@ -112,6 +115,7 @@ pub fn start(
     thread: Option<ThreadId>,
     from: Start,
     stop: Shutdown,
+    stall: Duration,
 ) -> TailStream {
     let (tx, rx) = mpsc::channel(BUFFER);
     let (end_tx, end_rx) = oneshot::channel::<Status>();
@@ -123,6 +127,7 @@ pub fn start(
             thread,
             tx,
             stop,
+            stall,
         };
         if let Some(end) = tail.run(from).await {
             let _ = end_tx.send(end);
@@ -140,6 +145,7 @@ struct Tailer {
     thread: Option<ThreadId>,
     tx: mpsc::Sender<TailMessagesResponse>,
     stop: Shutdown,
+    stall: Duration,
 }
 
 /// Why sending stopped: the status to end with, or `None` when the client left.
@@ -162,12 +168,12 @@ impl Tailer {
         };
         tokio::select! {
             () = self.stop.cancelled() => Err(Some(shutting_down())),
-            sent = tokio::time::timeout(STALL, self.tx.send(item)) => match sent {
+            sent = tokio::time::timeout(self.stall, self.tx.send(item)) => match sent {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(None),
                 Err(_) => Err(Some(ApiError::aborted(
                     TAIL_BEHIND,
-                    "the client did not read for 30 s; reconnect with the last cursor",
+                    "the client stopped reading; reconnect with the last cursor",
                 ).into())),
             },
         }
