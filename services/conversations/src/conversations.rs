@@ -142,6 +142,20 @@ impl ConversationApi {
             ),
         ))
     }
+
+    /// End or Archive: a member moves the conversation `from` -> `to`.
+    async fn change<T>(
+        &self,
+        req: &Request<T>,
+        raw_id: &str,
+        from: ConversationStatus,
+        to: ConversationStatus,
+    ) -> Result<Response<Conversation>, Status> {
+        let ctx = TenantContext::of(req)?;
+        ctx.require(Role::Member)?;
+        let c = self.transition(&ctx, raw_id, from, to).await?;
+        Ok(Response::new(conversation_proto(c)))
+    }
 }
 
 pub(crate) fn status_name(status: ConversationStatus) -> String {
@@ -346,34 +360,28 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<EndConversationRequest>,
     ) -> Result<Response<Conversation>, Status> {
-        let ctx = TenantContext::of(&req)?;
-        ctx.require(Role::Member)?;
-        let c = self
-            .transition(
-                &ctx,
-                &req.get_ref().conversation_id,
-                ConversationStatus::Active,
-                ConversationStatus::Ended,
-            )
-            .await?;
-        Ok(Response::new(conversation_proto(c)))
+        let id = &req.get_ref().conversation_id;
+        self.change(
+            &req,
+            id,
+            ConversationStatus::Active,
+            ConversationStatus::Ended,
+        )
+        .await
     }
 
     async fn archive_conversation(
         &self,
         req: Request<ArchiveConversationRequest>,
     ) -> Result<Response<Conversation>, Status> {
-        let ctx = TenantContext::of(&req)?;
-        ctx.require(Role::Member)?;
-        let c = self
-            .transition(
-                &ctx,
-                &req.get_ref().conversation_id,
-                ConversationStatus::Ended,
-                ConversationStatus::Archived,
-            )
-            .await?;
-        Ok(Response::new(conversation_proto(c)))
+        let id = &req.get_ref().conversation_id;
+        self.change(
+            &req,
+            id,
+            ConversationStatus::Ended,
+            ConversationStatus::Archived,
+        )
+        .await
     }
 
     async fn add_thread(&self, req: Request<AddThreadRequest>) -> Result<Response<Thread>, Status> {
