@@ -79,6 +79,9 @@ struct Inner {
     leases: Mutex<HashMap<TenantId, Lease>>,
     /// Cells one lease takes.
     lease_size: u32,
+    /// The last part of the key: `ratelimit` for the request limit, or a
+    /// limit of its own ([`RateLimiter::named`]).
+    name: &'static str,
 }
 
 struct Lease {
@@ -99,6 +102,13 @@ impl RateLimiter {
     /// connect. With `config.per_second == 0` the limiter is off and never
     /// touches Redis.
     pub fn new(config: RateLimitConfig, redis: Redis) -> Self {
+        Self::named(config, redis, "ratelimit")
+    }
+
+    /// A limit of its own beside the request limit (identity's
+    /// `RevealSecret`), keyed `mosaic:{<tenant>}:ratelimit:<name>` on the
+    /// same Redis handle, failing open like it.
+    pub fn named(config: RateLimitConfig, redis: Redis, name: &'static str) -> Self {
         if !config.enabled() {
             return Self::disabled();
         }
@@ -109,6 +119,7 @@ impl RateLimiter {
                 leases: Mutex::new(HashMap::new()),
                 lease_size: (config.per_second / 20).min(config.burst / 10).max(1),
                 config,
+                name,
             })),
         }
     }
@@ -125,6 +136,15 @@ impl RateLimiter {
     /// The Redis key of a tenant's limit state; the tenant is the hash tag.
     pub fn key(tenant: TenantId) -> String {
         mosaic_core::keys::redis_key(tenant, &[&"ratelimit"])
+    }
+
+    /// The Redis key of a tenant's state of the limit `name`.
+    pub fn named_key(tenant: TenantId, name: &str) -> String {
+        if name == "ratelimit" {
+            Self::key(tenant)
+        } else {
+            mosaic_core::keys::redis_key(tenant, &[&"ratelimit", &name])
+        }
     }
 
     /// Counts one request of `tenant`. Never fails and never waits longer than
@@ -155,7 +175,7 @@ impl Inner {
         loop {
             let (allowed, retry_us): (i64, i64) = self
                 .script
-                .key(RateLimiter::key(tenant))
+                .key(RateLimiter::named_key(tenant, self.name))
                 .arg(self.config.per_second)
                 .arg(self.config.burst.max(1))
                 .arg(cost)
