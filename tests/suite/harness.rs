@@ -38,6 +38,13 @@ pub(crate) struct App {
 
 static APP: OnceLock<App> = OnceLock::new();
 
+/// The vault's master key in every test run (the test database keeps the
+/// data keys it wraps from run to run). Tests only: 32 bytes of base64.
+pub(crate) const TEST_MASTER_KEY: &str = "dGVzdC1tYXN0ZXIta2V5LW9mLW1vc2FpYy10ZXN0cyE=";
+/// The key the master-key rotation test rotates to (and back from): the suite
+/// holds it as a previous key, so reads work whichever wraps a data key.
+pub(crate) const TEST_MASTER_KEY_NEXT: &str = "bmV4dC1tYXN0ZXIta2V5LW9mLW1vc2FpYy10ZXN0cyE=";
+
 /// The test settings: the process environment (the local defaults), with a
 /// token key made for this run, no rate limits, no metrics port, quick
 /// probes and drains, and small pools: four services' pools at their
@@ -63,6 +70,10 @@ pub(crate) fn env() -> Env {
         .with("MOSAIC_CONVERSATIONS_MONGODB_URL", mongo_url())
         .with("MOSAIC_CONVERSATIONS_CHARGE_SWEEP_MS", "200")
         .with("MOSAIC_CONVERSATIONS_CHARGE_GRACE_MS", "1000")
+        .with("MOSAIC_VAULT_MASTER_KEY", TEST_MASTER_KEY)
+        .with("MOSAIC_VAULT_MASTER_KEY_FILE", "")
+        .with("MOSAIC_VAULT_PREVIOUS_MASTER_KEYS", TEST_MASTER_KEY_NEXT)
+        .with("MOSAIC_VAULT_REVEAL_PER_SECOND", "0")
 }
 
 /// The MongoDB-wire server the setup started, with a database of this test

@@ -41,6 +41,7 @@ mod crm_support;
 mod identity_api_keys;
 mod identity_members;
 mod identity_tenants;
+mod identity_vault;
 mod migrate;
 mod propagation;
 mod purge;

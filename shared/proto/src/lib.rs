@@ -127,6 +127,8 @@ macro_rules! stored_enums {
 stored_enums!(
     identity::Plan,
     identity::Role,
+    identity::Provider,
+    identity::ConnectionStatus,
     crm::DealStage,
     crm::ActivityKind,
     agents::DocumentStatus,
