@@ -12,6 +12,7 @@ mod harness;
 mod redis_support;
 
 mod access;
+mod agents_approvals;
 mod agents_cache;
 mod agents_configs;
 mod agents_documents;
