@@ -1075,3 +1075,53 @@ async fn reveals_are_rate_limited_per_tenant() {
         .await
         .expect("another tenant is not limited");
 }
+
+#[tokio::test]
+async fn a_deleted_connection_and_its_ciphertext_are_purged_after_retention() {
+    let tenant = app().new_tenant().await;
+    let mut c = client();
+    let kept = create(&mut c, tenant.id, "Kept", b"kept").await;
+    let gone = create(&mut c, tenant.id, "Gone", b"gone").await;
+    for id in [&kept.connection_id, &gone.connection_id] {
+        c.delete_connection(authed(
+            DeleteConnectionRequest {
+                connection_id: id.clone(),
+                etag: String::new(),
+            },
+            &admin(tenant.id),
+        ))
+        .await
+        .unwrap();
+    }
+    let mut db = app().admin_db().await;
+    sqlx::query(
+        "UPDATE identity.connections SET deleted_at = now() - interval '31 days' \
+         WHERE connection_id = $1",
+    )
+    .bind(gone.connection_id.parse::<Uuid>().unwrap())
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let pool =
+        mosaic_db::Database::connect_lazy(&app().db_config("identity"), "purge-test").unwrap();
+    let (_, _, purged) = mosaic_identity::purge::purge_tenant(&pool, tenant.id, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    let left: Vec<Uuid> =
+        sqlx::query_scalar("SELECT connection_id FROM identity.connections WHERE tenant_id = $1")
+            .bind(tenant.id)
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(left, [kept.connection_id.parse::<Uuid>().unwrap()]);
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM identity.audit_events WHERE tenant_id = $1 AND action = 'connection.purge'",
+    )
+    .bind(tenant.id)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(events, 1);
+    pool.close().await;
+}
