@@ -38,12 +38,27 @@ pub(crate) struct App {
 
 static APP: OnceLock<App> = OnceLock::new();
 
-/// The vault's master key in every test run (the test database keeps the
-/// data keys it wraps from run to run). Tests only: 32 bytes of base64.
+/// The vault's master key of test runs without one configured (tests only:
+/// 32 bytes of base64).
 pub(crate) const TEST_MASTER_KEY: &str = "dGVzdC1tYXN0ZXIta2V5LW9mLW1vc2FpYy10ZXN0cyE=";
 /// The key the master-key rotation test rotates to (and back from): the suite
 /// holds it as a previous key, so reads work whichever wraps a data key.
 pub(crate) const TEST_MASTER_KEY_NEXT: &str = "bmV4dC1tYXN0ZXIta2V5LW9mLW1vc2FpYy10ZXN0cyE=";
+/// The older keys the suite holds: the test keys, so a database that test
+/// runs with and without a configured key used stays readable.
+pub(crate) const TEST_PREVIOUS_KEYS: &str =
+    "dGVzdC1tYXN0ZXIta2V5LW9mLW1vc2FpYy10ZXN0cyE=,bmV4dC1tYXN0ZXIta2V5LW9mLW1vc2FpYy10ZXN0cyE=";
+
+/// The master key the suite wraps with: the configured one (`.data/mosaic.env`,
+/// the key `deploy/local/run.sh` serves the same database with), else
+/// [`TEST_MASTER_KEY`].
+pub(crate) fn master_key() -> String {
+    Env::process()
+        .get("MOSAIC_VAULT_MASTER_KEY")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| TEST_MASTER_KEY.to_owned())
+}
 
 /// The test settings: the process environment (the local defaults), with a
 /// token key made for this run, no rate limits, no metrics port, quick
@@ -70,9 +85,9 @@ pub(crate) fn env() -> Env {
         .with("MOSAIC_CONVERSATIONS_MONGODB_URL", mongo_url())
         .with("MOSAIC_CONVERSATIONS_CHARGE_SWEEP_MS", "200")
         .with("MOSAIC_CONVERSATIONS_CHARGE_GRACE_MS", "1000")
-        .with("MOSAIC_VAULT_MASTER_KEY", TEST_MASTER_KEY)
+        .with("MOSAIC_VAULT_MASTER_KEY", master_key())
         .with("MOSAIC_VAULT_MASTER_KEY_FILE", "")
-        .with("MOSAIC_VAULT_PREVIOUS_MASTER_KEYS", TEST_MASTER_KEY_NEXT)
+        .with("MOSAIC_VAULT_PREVIOUS_MASTER_KEYS", TEST_PREVIOUS_KEYS)
         .with("MOSAIC_VAULT_REVEAL_PER_SECOND", "0")
 }
 

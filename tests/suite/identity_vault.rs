@@ -26,7 +26,8 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::harness::{
-    TEST_MASTER_KEY, TEST_MASTER_KEY_NEXT, app, assert_bad_field, assert_error, authed, suite_with,
+    TEST_MASTER_KEY_NEXT, TEST_PREVIOUS_KEYS, app, assert_bad_field, assert_error, authed,
+    master_key, suite_with,
 };
 
 const WORKER: &str = "svc:integrations";
@@ -654,8 +655,8 @@ async fn no_clear_secret_in_any_column_log_line_or_error() {
         .env("MOSAIC_DB_MAX_CONNECTIONS", "2")
         .env("MOSAIC_DB_MIN_CONNECTIONS", "0")
         .env("MOSAIC_DB_READ_CONNECTIONS", "1")
-        .env("MOSAIC_VAULT_MASTER_KEY", TEST_MASTER_KEY)
-        .env("MOSAIC_VAULT_PREVIOUS_MASTER_KEYS", TEST_MASTER_KEY_NEXT)
+        .env("MOSAIC_VAULT_MASTER_KEY", master_key())
+        .env("MOSAIC_VAULT_PREVIOUS_MASTER_KEYS", TEST_PREVIOUS_KEYS)
         .env_remove("MOSAIC_VAULT_MASTER_KEY_FILE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -966,7 +967,10 @@ async fn a_master_key_rotation_rewraps_every_data_key_while_reads_go_on() {
         .env
         .clone()
         .with("MOSAIC_VAULT_MASTER_KEY", TEST_MASTER_KEY_NEXT)
-        .with("MOSAIC_VAULT_PREVIOUS_MASTER_KEYS", TEST_MASTER_KEY);
+        .with(
+            "MOSAIC_VAULT_PREVIOUS_MASTER_KEYS",
+            format!("{},{TEST_PREVIOUS_KEYS}", master_key()),
+        );
     let stop = Arc::new(AtomicBool::new(false));
     let handles = readers(secrets.clone(), stop.clone());
     let report = mosaic::rotate_master_key(&rotated).await.unwrap();
@@ -988,7 +992,7 @@ async fn a_master_key_rotation_rewraps_every_data_key_while_reads_go_on() {
     join_readers(handles).await;
     assert!(back.rewrapped >= 3, "{back:?}");
     for &tenant in &tenants {
-        assert_eq!(master_of(&mut db, tenant).await, key_id(TEST_MASTER_KEY));
+        assert_eq!(master_of(&mut db, tenant).await, key_id(&master_key()));
     }
     let rewraps: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM identity.audit_events WHERE tenant_id = $1 AND action = 'data_key.rewrap'",

@@ -28,10 +28,10 @@ async fn sigterm_with_an_open_stream_exits_within_the_deadline() {
         .env("MOSAIC_LOG", "warn")
         .env("MOSAIC_JWT_HS256_SECRET", secret)
         // The test database's data keys are wrapped by the tests' keyring.
-        .env("MOSAIC_VAULT_MASTER_KEY", crate::harness::TEST_MASTER_KEY)
+        .env("MOSAIC_VAULT_MASTER_KEY", crate::harness::master_key())
         .env(
             "MOSAIC_VAULT_PREVIOUS_MASTER_KEYS",
-            crate::harness::TEST_MASTER_KEY_NEXT,
+            crate::harness::TEST_PREVIOUS_KEYS,
         )
         .env_remove("MOSAIC_VAULT_MASTER_KEY_FILE")
         .stdout(Stdio::null())
