@@ -321,6 +321,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_named_limit_counts_apart_from_the_request_limit() {
+        let redis = Redis::new(RedisConfig {
+            timeout: Duration::from_secs(2),
+            ..RedisConfig::single(redis_url())
+        })
+        .unwrap();
+        let config = RateLimitConfig {
+            per_second: 1,
+            burst: 2,
+        };
+        let requests = RateLimiter::new(config.clone(), redis.clone());
+        let reveals = RateLimiter::named(config, redis, "vault-reveal");
+        let tenant = TenantId::new();
+        assert_eq!(reveals.check(tenant).await, Decision::Allowed);
+        assert_eq!(reveals.check(tenant).await, Decision::Allowed);
+        limited(reveals.check(tenant).await);
+        // The request limit of the same tenant is untouched.
+        assert_eq!(requests.check(tenant).await, Decision::Allowed);
+        assert_eq!(
+            RateLimiter::named_key(tenant, "vault-reveal"),
+            format!("mosaic:{{{tenant}}}:ratelimit:vault-reveal")
+        );
+        assert_eq!(
+            RateLimiter::named_key(tenant, "ratelimit"),
+            RateLimiter::key(tenant)
+        );
+    }
+
+    #[tokio::test]
     async fn leases_draw_from_one_count_shared_by_every_process() {
         // Two "replicas" of a service: lease size min(100/20, 100/10) = 5.
         let (a, b) = (limiter(100, 100), limiter(100, 100));
