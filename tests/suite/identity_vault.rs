@@ -636,10 +636,7 @@ async fn find_in_database(db: &mut sqlx::PgConnection, needle: &str) -> Vec<Stri
 async fn no_clear_secret_in_any_column_log_line_or_error() {
     // The real binary with debug logs on stdout, sharing the test database
     // and the suite's token key and keyring.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = crate::harness::child_port();
     let env = &app().env;
     let get = |name: &str| env.get(name).unwrap().unwrap_or_default();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mosaic"))

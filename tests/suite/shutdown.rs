@@ -13,10 +13,7 @@ use tonic_health::pb::{
 #[tokio::test]
 async fn sigterm_with_an_open_stream_exits_within_the_deadline() {
     crate::harness::app(); // migrated database
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = crate::harness::child_port();
     let secret: String = (0..2)
         .map(|_| uuid::Uuid::new_v4().simple().to_string())
         .collect();
@@ -35,6 +32,7 @@ async fn sigterm_with_an_open_stream_exits_within_the_deadline() {
         )
         .env_remove("MOSAIC_VAULT_MASTER_KEY_FILE")
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -79,7 +77,12 @@ async fn sigterm_with_an_open_stream_exits_within_the_deadline() {
         .expect("the process outlived its shutdown deadline")
         .unwrap();
     let took = signalled.elapsed();
-    assert!(status.success(), "exit status {status:?}");
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use tokio::io::AsyncReadExt as _;
+        let _ = pipe.read_to_string(&mut stderr).await;
+    }
+    assert!(status.success(), "exit status {status:?}; stderr: {stderr}");
     assert!(
         took < Duration::from_secs(4),
         "took {took:?} with a 2 s deadline"
