@@ -154,17 +154,6 @@ fn parse_new(action: &Action) -> ApiResult<NewAction> {
     })
 }
 
-/// A lease of 1 s .. 1 h; unset is 5 minutes (as documents').
-fn lease(field: &str, raw: Option<&prost_types::Duration>) -> ApiResult<std::time::Duration> {
-    let Some(raw) = raw else {
-        return Ok(crate::documents::DEFAULT_LEASE);
-    };
-    std::time::Duration::try_from(*raw)
-        .ok()
-        .filter(|d| (1..=3600).contains(&d.as_secs()) && d.as_millis() >= 1000)
-        .ok_or_else(|| ApiError::invalid_argument(field, "from 1 second to 1 hour"))
-}
-
 fn state_name(state: ActionState) -> String {
     state.stored_name().to_uppercase()
 }
@@ -463,7 +452,7 @@ impl ApprovalService for Approvals {
         let request = req.get_ref();
         let (max, lease) = (
             parse::int_range("max_actions", request.max_actions, 1, MAX_CLAIM),
-            lease("lease", request.lease.as_ref()),
+            crate::documents::lease("lease", request.lease.as_ref()),
         )
             .all_ok()?;
         let claim = ClaimId::new();
