@@ -5,7 +5,8 @@
 #   Redis      127.0.0.1:6379
 #   SecantusDB 127.0.0.1:27017  (MongoDB wire protocol; data in .data/mongo)
 #   .venv/     secantusd-py, buf, grpcurl, kubectl (kustomize), kubernetes-validate
-#   .data/mosaic.env            local-only settings (the HS256 key for local tokens)
+#   .data/mosaic.env            local-only settings (the HS256 key for local tokens, the
+#                               vault's master key)
 #
 # Idempotent: whatever already runs or exists is used as it is, and only missing
 # Debian packages are installed. Works on a fresh Debian 12 machine as root (or with
@@ -239,6 +240,15 @@ else
   mv "$env_file.tmp" "$env_file"
   unset secret
   say "wrote .data/mosaic.env (new local jwt key)"
+fi
+# The vault's master key (32 random bytes, base64), added to a file written
+# before the vault existed. Never replaced: it wraps every tenant's data key.
+if ! grep -q '^MOSAIC_VAULT_MASTER_KEY=' "$env_file"; then
+  master=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
+  [ "${#master}" -eq 44 ] || die "could not read 32 random bytes from /dev/urandom"
+  printf 'MOSAIC_VAULT_MASTER_KEY=%s\n' "$master" >>"$env_file"
+  unset master
+  say "added the vault's master key to .data/mosaic.env"
 fi
 
 # --- roles and migrations ---------------------------------------------------------

@@ -185,8 +185,10 @@ async fn runtime_roles_are_powerless_outside_their_schema() {
 }
 
 /// The access login every process reads the access view with may read the
-/// access log and which tenants are deleted, and nothing else: no other
-/// column of `identity.tenants`, no other table, no writes, no other schema.
+/// access log, which tenants are deleted and each tenant's approver role
+/// (agents' approvals), and nothing else: no other column of
+/// `identity.tenants` (not its settings), no other table, no writes, no
+/// other schema.
 #[tokio::test]
 async fn the_access_login_reads_only_the_access_view() {
     app();
@@ -237,6 +239,7 @@ async fn the_access_login_reads_only_the_access_view() {
         held,
         [
             "identity.access_changes SELECT",
+            "identity.tenants(approver_role) SELECT",
             "identity.tenants(deleted_at) SELECT",
             "identity.tenants(tenant_id) SELECT",
         ],

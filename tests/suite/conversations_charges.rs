@@ -313,6 +313,11 @@ async fn a_process_killed_between_store_and_charge_is_charged_once_after_restart
         "MOSAIC_JWT_ISSUER",
         "MOSAIC_RATE_LIMIT_PER_SECOND",
         "MOSAIC_PROBE_INTERVAL_MS",
+        // The suite's vault keyring: the data keys in the test database are
+        // wrapped by one of its keys.
+        "MOSAIC_VAULT_MASTER_KEY",
+        "MOSAIC_VAULT_MASTER_KEY_FILE",
+        "MOSAIC_VAULT_PREVIOUS_MASTER_KEYS",
     ] {
         command.env(name, app().env.get(name).unwrap().unwrap_or_default());
     }

@@ -38,6 +38,28 @@ pub(crate) struct App {
 
 static APP: OnceLock<App> = OnceLock::new();
 
+/// The vault's master key of test runs without one configured (tests only:
+/// 32 bytes of base64).
+pub(crate) const TEST_MASTER_KEY: &str = "dGVzdC1tYXN0ZXIta2V5LW9mLW1vc2FpYy10ZXN0cyE=";
+/// The key the master-key rotation test rotates to (and back from): the suite
+/// holds it as a previous key, so reads work whichever wraps a data key.
+pub(crate) const TEST_MASTER_KEY_NEXT: &str = "bmV4dC1tYXN0ZXIta2V5LW9mLW1vc2FpYy10ZXN0cyE=";
+/// The older keys the suite holds: the test keys, so a database that test
+/// runs with and without a configured key used stays readable.
+pub(crate) const TEST_PREVIOUS_KEYS: &str =
+    "dGVzdC1tYXN0ZXIta2V5LW9mLW1vc2FpYy10ZXN0cyE=,bmV4dC1tYXN0ZXIta2V5LW9mLW1vc2FpYy10ZXN0cyE=";
+
+/// The master key the suite wraps with: the configured one (`.data/mosaic.env`,
+/// the key `deploy/local/run.sh` serves the same database with), else
+/// [`TEST_MASTER_KEY`].
+pub(crate) fn master_key() -> String {
+    Env::process()
+        .get("MOSAIC_VAULT_MASTER_KEY")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| TEST_MASTER_KEY.to_owned())
+}
+
 /// The test settings: the process environment (the local defaults), with a
 /// token key made for this run, no rate limits, no metrics port, quick
 /// probes and drains, and small pools: four services' pools at their
@@ -63,6 +85,10 @@ pub(crate) fn env() -> Env {
         .with("MOSAIC_CONVERSATIONS_MONGODB_URL", mongo_url())
         .with("MOSAIC_CONVERSATIONS_CHARGE_SWEEP_MS", "200")
         .with("MOSAIC_CONVERSATIONS_CHARGE_GRACE_MS", "1000")
+        .with("MOSAIC_VAULT_MASTER_KEY", master_key())
+        .with("MOSAIC_VAULT_MASTER_KEY_FILE", "")
+        .with("MOSAIC_VAULT_PREVIOUS_MASTER_KEYS", TEST_PREVIOUS_KEYS)
+        .with("MOSAIC_VAULT_REVEAL_PER_SECOND", "0")
 }
 
 /// The MongoDB-wire server the setup started, with a database of this test
@@ -286,6 +312,23 @@ pub(crate) fn assert_bad_field(status: &Status, field: &str) {
         fields.iter().any(|f| f == field),
         "expected {field} in {fields:?}"
     );
+}
+
+/// A free port for a child process to listen on, from below the kernel's
+/// ephemeral range (32768..60999 here): a port taken from `bind(0)` and
+/// released could be handed to an in-process suite binding port 0 before the
+/// child binds it, and a health check would then reach that suite instead.
+pub(crate) fn child_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() % 4000) as u16;
+    loop {
+        let offset = NEXT.fetch_add(7, Ordering::Relaxed);
+        let port = 24000 + (seed + offset) % 8000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A suite of its own with `env` (the shared suite's settings, e.g. its

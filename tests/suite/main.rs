@@ -12,6 +12,7 @@ mod harness;
 mod redis_support;
 
 mod access;
+mod agents_approvals;
 mod agents_cache;
 mod agents_configs;
 mod agents_documents;
@@ -41,6 +42,7 @@ mod crm_support;
 mod identity_api_keys;
 mod identity_members;
 mod identity_tenants;
+mod identity_vault;
 mod migrate;
 mod propagation;
 mod purge;

@@ -13,10 +13,7 @@ use tonic_health::pb::{
 #[tokio::test]
 async fn sigterm_with_an_open_stream_exits_within_the_deadline() {
     crate::harness::app(); // migrated database
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = crate::harness::child_port();
     let secret: String = (0..2)
         .map(|_| uuid::Uuid::new_v4().simple().to_string())
         .collect();
@@ -27,7 +24,15 @@ async fn sigterm_with_an_open_stream_exits_within_the_deadline() {
         .env("MOSAIC_SHUTDOWN_TIMEOUT_SECS", "2")
         .env("MOSAIC_LOG", "warn")
         .env("MOSAIC_JWT_HS256_SECRET", secret)
+        // The test database's data keys are wrapped by the tests' keyring.
+        .env("MOSAIC_VAULT_MASTER_KEY", crate::harness::master_key())
+        .env(
+            "MOSAIC_VAULT_PREVIOUS_MASTER_KEYS",
+            crate::harness::TEST_PREVIOUS_KEYS,
+        )
+        .env_remove("MOSAIC_VAULT_MASTER_KEY_FILE")
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -72,7 +77,12 @@ async fn sigterm_with_an_open_stream_exits_within_the_deadline() {
         .expect("the process outlived its shutdown deadline")
         .unwrap();
     let took = signalled.elapsed();
-    assert!(status.success(), "exit status {status:?}");
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use tokio::io::AsyncReadExt as _;
+        let _ = pipe.read_to_string(&mut stderr).await;
+    }
+    assert!(status.success(), "exit status {status:?}; stderr: {stderr}");
     assert!(
         took < Duration::from_secs(4),
         "took {took:?} with a 2 s deadline"

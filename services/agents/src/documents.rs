@@ -112,8 +112,12 @@ fn source_uri(field: &str, raw: &str) -> ApiResult<String> {
     Ok(raw.to_owned())
 }
 
-/// A lease of 1 s .. 1 h; unset is [`DEFAULT_LEASE`].
-fn lease(field: &str, raw: Option<&prost_types::Duration>) -> ApiResult<std::time::Duration> {
+/// A lease of 1 s .. 1 h; unset is [`DEFAULT_LEASE`]. (Approvals' claims
+/// take the same.)
+pub(crate) fn lease(
+    field: &str,
+    raw: Option<&prost_types::Duration>,
+) -> ApiResult<std::time::Duration> {
     let Some(raw) = raw else {
         return Ok(DEFAULT_LEASE);
     };

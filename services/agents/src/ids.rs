@@ -24,3 +24,8 @@ mosaic_core::define_id! {
     /// A recorded execution of a workflow.
     pub struct ExecutionId;
 }
+
+mosaic_core::define_id! {
+    /// An action an agent drafted, waiting for approval (the approvals queue).
+    pub struct ActionId;
+}

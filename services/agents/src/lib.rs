@@ -10,6 +10,8 @@
 //!   `LookupAgentByPublicKey`, the one documented cross-tenant read;
 //! - [`documents`]: standard methods and the lease-based worker queue
 //!   (`ClaimDocuments`, `CompleteDocument`, `FailDocument`);
+//! - [`approvals`]: actions an agent drafts, approved or rejected by the
+//!   tenant's approver role, then claimed by an executor with a lease;
 //! - [`workflows`]: standard methods, enable/disable, the DAG and trigger
 //!   rules (`workflows::graph`), executions (`workflows::executions`);
 //! - [`audit`]: `AgentsAuditService`, the audit trail every mutation writes to;
@@ -26,11 +28,13 @@ use mosaic_db::{Database, Migrations, ServiceSchema};
 use mosaic_proto::agents::{
     agent_service_server::AgentServiceServer,
     agents_audit_service_server::AgentsAuditServiceServer,
-    document_service_server::DocumentServiceServer, workflow_service_server::WorkflowServiceServer,
+    approval_service_server::ApprovalServiceServer, document_service_server::DocumentServiceServer,
+    workflow_service_server::WorkflowServiceServer,
 };
 use mosaic_server::{Deps, ExpiredRows, PurgeTenant, Service, ServiceModule, add_services};
 
 pub mod agents;
+pub mod approvals;
 pub mod audit;
 pub mod documents;
 pub mod ids;
@@ -72,6 +76,7 @@ impl ServiceModule for Agents {
             )),
             DocumentServiceServer::new(documents::Documents::new(db.clone())),
             WorkflowServiceServer::new(workflows::Workflows::new(db.clone())),
+            ApprovalServiceServer::new(approvals::Approvals::new(db.clone(), deps.access.clone())),
             AgentsAuditServiceServer::new(audit::Audit::new(db)),
         );
         Ok(service)

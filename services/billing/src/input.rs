@@ -3,7 +3,6 @@
 //! input stops here as INVALID_ARGUMENT with the field at fault.
 
 use mosaic_api::{ApiError, ApiResult, parse};
-use mosaic_core::TenantId;
 use mosaic_tenant::TenantContext;
 
 use crate::accounts::ACCOUNT;
@@ -68,14 +67,7 @@ pub fn reference(field: &str, raw: &str) -> ApiResult<String> {
 /// `ACCOUNT_NOT_FOUND` for anyone else naming another tenant (its existence
 /// is not revealed).
 pub fn scope(ctx: &TenantContext, tenant_id: &str) -> ApiResult<TenantContext> {
-    match parse::optional_id::<TenantId>("tenant_id", tenant_id)? {
-        None if ctx.tenant().is_some() => Ok(ctx.clone()),
-        None => Err(ApiError::invalid_argument(
-            "tenant_id",
-            "required: the token carries no tenant",
-        )),
-        Some(tenant) => ctx.scoped_to(tenant, || ACCOUNT.not_found()),
-    }
+    ctx.for_request("tenant_id", tenant_id, || ACCOUNT.not_found())
 }
 
 /// Like [`scope`], also for a token holding the service role `role`, which
@@ -85,10 +77,7 @@ pub fn scope_for_service(
     tenant_id: &str,
     role: &str,
 ) -> ApiResult<TenantContext> {
-    match parse::optional_id::<TenantId>("tenant_id", tenant_id)? {
-        None => scope(ctx, tenant_id),
-        Some(tenant) => ctx.scoped_for_service(tenant, role, || ACCOUNT.not_found()),
-    }
+    ctx.for_service_request("tenant_id", tenant_id, role, || ACCOUNT.not_found())
 }
 
 #[cfg(test)]

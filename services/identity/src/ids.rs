@@ -15,3 +15,8 @@ mosaic_core::define_id! {
     /// An API key.
     pub struct ApiKeyId;
 }
+
+mosaic_core::define_id! {
+    /// A connection: one integration credential of a tenant (the vault).
+    pub struct ConnectionId;
+}

@@ -1,10 +1,12 @@
-//! The identity service: tenants, users and memberships, API keys, and the
-//! exchange of an API key for a short-lived token. Schema `identity`, runtime
-//! role `mosaic_identity`.
+//! The identity service: tenants, users and memberships, API keys, the
+//! exchange of an API key for a short-lived token, and the credentials vault
+//! (connections). Schema `identity`, runtime role `mosaic_identity`.
 //!
 //! Layout: one module per resource, each with its handlers (parse → storage
 //! → map) and a `storage` submodule holding its SQL: [`tenants`],
-//! [`members`], [`api_keys`], [`tokens`]; [`audit`] serves the audit trail,
+//! [`members`], [`api_keys`], [`tokens`], [`connections`]; [`vault`] is the
+//! vault's envelope encryption (master key, data keys, AEAD) and its
+//! operator work (`vault::rotation`); [`audit`] serves the audit trail,
 //! [`purge`] is identity's part of `mosaic purge` (and the tenant list it
 //! walks), [`ids`] the id newtypes. [`Identity`] describes the service to the kit.
 
@@ -15,8 +17,8 @@ use mosaic_core::StartupError;
 use mosaic_db::{Database, Migrations, ServiceSchema};
 use mosaic_proto::identity::{
     api_key_service_server::ApiKeyServiceServer, audit_service_server::AuditServiceServer,
-    member_service_server::MemberServiceServer, tenant_service_server::TenantServiceServer,
-    token_service_server::TokenServiceServer,
+    connection_service_server::ConnectionServiceServer, member_service_server::MemberServiceServer,
+    tenant_service_server::TenantServiceServer, token_service_server::TokenServiceServer,
 };
 use mosaic_server::{Deps, PurgeTenant, Service, ServiceModule, add_services};
 use mosaic_tenant::{AuthConfig, TokenSigner};
@@ -24,11 +26,13 @@ use mosaic_tenant::{AuthConfig, TokenSigner};
 mod access_log;
 pub mod api_keys;
 pub mod audit;
+pub mod connections;
 pub mod ids;
 pub mod members;
 pub mod purge;
 pub mod tenants;
 pub mod tokens;
+pub mod vault;
 
 pub static MIGRATIONS: Migrations = sqlx::migrate!("../../migrations/identity");
 
@@ -105,9 +109,19 @@ impl ServiceModule for Identity {
             auth: deps.tokens.verify.clone(),
             default_ttl: deps.env.positive_secs(TOKEN_TTL_SECS, 900)?,
         };
+        let vault = connections::Vault::from_env(&deps.env, deps.redis.clone())?;
         let mut service = Service::new(deps);
+        service.startup_check(
+            "vault master key",
+            vault::rotation::startup_check(db.clone(), vault.keys.clone()),
+        );
+        service.probe(Arc::new(vault::rotation::KeyProbe::new(
+            db.clone(),
+            vault.keys.clone(),
+        )));
         add_services!(
             service,
+            ConnectionServiceServer::new(connections::Connections::new(db.clone(), vault)),
             TenantServiceServer::new(tenants::Tenants::new(db.clone())),
             MemberServiceServer::new(members::Members::new(db.clone())),
             ApiKeyServiceServer::new(api_keys::ApiKeys::new(db.clone())),

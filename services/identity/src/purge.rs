@@ -1,6 +1,7 @@
 //! identity's part of the purge (`mosaic purge`): the list of every tenant,
-//! which the purge walks, and the removal of `request_id` claims older than
-//! [`REQUEST_RETENTION`]. Soft-deleted tenants themselves are not purged:
+//! which the purge walks, the removal of `request_id` claims older than
+//! [`REQUEST_RETENTION`], and of connections (with their ciphertexts) 30
+//! days after their soft delete. Soft-deleted tenants themselves are not purged:
 //! removing a tenant means removing its data in every service, which no job
 //! does yet.
 
@@ -8,6 +9,7 @@ use chrono::{DateTime, Utc};
 use mosaic_api::ApiResult;
 use mosaic_core::TenantId;
 use mosaic_db::idempotency::REQUEST_RETENTION;
+use mosaic_db::purge::{Expiring, purge_expired};
 use mosaic_db::{Database, TenantContext, db_error};
 use mosaic_server::{BoxFuture, PurgeTenant};
 
@@ -36,16 +38,25 @@ pub async fn tenant_ids(
     Ok(ids)
 }
 
+/// What expires of identity's soft-deleted rows.
+const EXPIRING: &[Expiring] = &[Expiring {
+    table: "connections",
+    id_column: "connection_id",
+    kind: "connection",
+    extra: "",
+}];
+
 /// Forgets `tenant`'s `request_id` claims, and its access changes, older
 /// than [`REQUEST_RETENTION`] (far longer than any token lives, the only
-/// thing an access change is for); returns how many of each.
+/// thing an access change is for), and removes its connections deleted
+/// more than 30 days ago; returns how many of each.
 pub async fn purge_tenant(
     db: &Database,
     tenant: TenantId,
     now: DateTime<Utc>,
-) -> ApiResult<(u64, u64)> {
+) -> ApiResult<(u64, u64, u64)> {
+    let (connections, requests) = purge_expired(db, tenant, now, EXPIRING).await?;
     let mut tx = db.begin(&TenantContext::system(tenant, "purge")).await?;
-    let requests = tx.expire_requests(now - REQUEST_RETENTION).await?;
     let changes = sqlx::query("DELETE FROM access_changes WHERE tenant_id = $1 AND at < $2")
         .bind(tenant)
         .bind(now - REQUEST_RETENTION)
@@ -54,7 +65,7 @@ pub async fn purge_tenant(
         .map_err(db_error)?
         .rows_affected();
     tx.commit().await?;
-    Ok((requests, changes))
+    Ok((requests, changes, connections[0]))
 }
 
 /// identity's part of `mosaic purge`.
@@ -82,8 +93,12 @@ impl PurgeTenant for Purge {
         now: DateTime<Utc>,
     ) -> BoxFuture<'_, ApiResult<Vec<(&'static str, u64)>>> {
         Box::pin(async move {
-            let (requests, changes) = purge_tenant(&self.db, tenant, now).await?;
-            Ok(vec![("request_ids", requests), ("access_changes", changes)])
+            let (requests, changes, connections) = purge_tenant(&self.db, tenant, now).await?;
+            Ok(vec![
+                ("request_ids", requests),
+                ("access_changes", changes),
+                ("connections", connections),
+            ])
         })
     }
 }

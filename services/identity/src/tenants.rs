@@ -67,11 +67,13 @@ impl TenantPatch {
                 }
             }),
             masked(wanted("settings"), || {
-                parse::json_object(
+                let settings = parse::json_object(
                     "tenant.settings",
                     tenant.settings.as_ref(),
                     MAX_SETTINGS_BYTES,
-                )
+                )?;
+                check_approvals(&settings)?;
+                Ok(settings)
             }),
         )
             .all_ok()?;
@@ -80,6 +82,34 @@ impl TenantPatch {
             plan,
             settings,
         })
+    }
+}
+
+/// The roles `settings.approvals.approver_role` may name: who approves an
+/// AI-drafted action in agents (viewers only read).
+pub const APPROVER_ROLES: [&str; 3] = ["member", "admin", "owner"];
+
+/// `settings.approvals`, when present, is an object whose `approver_role`,
+/// when present, is one of [`APPROVER_ROLES`] (agents reads it through the
+/// access view; see `migrations/identity/0006_approver_role.sql`).
+fn check_approvals(settings: &serde_json::Value) -> ApiResult<()> {
+    let Some(approvals) = settings.get("approvals") else {
+        return Ok(());
+    };
+    let field = "tenant.settings.approvals.approver_role";
+    let Some(approvals) = approvals.as_object() else {
+        return Err(ApiError::invalid_argument(
+            "tenant.settings.approvals",
+            "must be an object",
+        ));
+    };
+    match approvals.get("approver_role") {
+        None => Ok(()),
+        Some(serde_json::Value::String(role)) if APPROVER_ROLES.contains(&role.as_str()) => Ok(()),
+        Some(_) => Err(ApiError::invalid_argument(
+            field,
+            "must be one of member, admin, owner",
+        )),
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`run`]: serve the suite on a bound listener until a shutdown future fires.
 //! - [`migrate`]: bootstrap roles and schemas, then apply every migration.
 //! - [`purge`]: remove what expired, tenant by tenant.
+//! - [`rotate_master_key`] and [`rotate_data_key`]: the vault's rotations
+//!   (`mosaic vault ...`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -124,4 +126,43 @@ pub async fn purge(
         pool.close().await;
     }
     Ok(report)
+}
+
+/// identity's pool, logged in as its runtime role, able to switch to its
+/// platform role (the vault's operator scans).
+fn identity_pool(env: &Env) -> Result<mosaic_db::Database, StartupError> {
+    suite::connect(&mosaic_identity::Identity, env)?
+        .map(|db| db.with_platform_role(PLATFORM_ROLE))
+        .ok_or_else(|| StartupError::refused("identity has no database"))
+}
+
+/// `mosaic vault rotate-master-key`: re-wraps every tenant's data keys under
+/// the current `MOSAIC_VAULT_MASTER_KEY` (the old key must be listed in
+/// `MOSAIC_VAULT_PREVIOUS_MASTER_KEYS`). Secrets are not touched.
+pub async fn rotate_master_key(
+    env: &Env,
+) -> Result<mosaic_identity::vault::rotation::RewrapReport, StartupError> {
+    let keys = mosaic_identity::vault::Keyring::from_env(env)?;
+    let db = identity_pool(env)?;
+    let report = mosaic_identity::vault::rotation::rotate_master_key(&db, &keys).await;
+    db.close().await;
+    report.map_err(|e| StartupError::refused(format_args!("rotating the master key: {e}")))
+}
+
+/// `mosaic vault rotate-data-key --tenant <id>`: a new data key for the
+/// tenant, its secrets re-encrypted `batch` per transaction, online.
+pub async fn rotate_data_key(
+    env: &Env,
+    tenant: TenantId,
+    batch: i64,
+) -> Result<mosaic_identity::vault::rotation::RotateReport, StartupError> {
+    let keys = mosaic_identity::vault::Keyring::from_env(env)?;
+    let db = identity_pool(env)?;
+    let report = mosaic_identity::vault::rotation::rotate_data_key(&db, &keys, tenant, batch).await;
+    db.close().await;
+    report.map_err(|e| {
+        StartupError::refused(format_args!(
+            "rotating the data key of tenant {tenant}: {e}"
+        ))
+    })
 }

@@ -42,6 +42,9 @@ enum Command {
     /// Remove what has expired (soft-deleted rows past their retention, old
     /// request ids), tenant by tenant, through the services' own roles
     Purge,
+    /// The credentials vault's operator commands
+    #[command(subcommand)]
+    Vault(VaultCommand),
     /// Print a token signed with the local key (MOSAIC_JWT_HS256_SECRET or
     /// MOSAIC_JWT_PRIVATE_KEY), for probing with grpcurl
     Token {
@@ -61,6 +64,30 @@ enum Command {
     },
 }
 
+// The commands are named for what they rotate or make: a key each.
+#[allow(clippy::enum_variant_names)]
+#[derive(Debug, Subcommand)]
+enum VaultCommand {
+    /// Re-wrap every tenant's data keys under the current master key
+    /// (MOSAIC_VAULT_MASTER_KEY), the old one listed in
+    /// MOSAIC_VAULT_PREVIOUS_MASTER_KEYS; secrets are not touched. Online:
+    /// serving processes must hold both keys meanwhile
+    RotateMasterKey,
+    /// Give a tenant a new data key and re-encrypt its secrets under it in
+    /// bounded batches, online (reads and writes go on)
+    RotateDataKey {
+        /// The tenant
+        #[arg(long, value_name = "UUID")]
+        tenant: uuid::Uuid,
+        /// Secrets re-encrypted per transaction
+        #[arg(long, value_name = "N", default_value_t = 100,
+              value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        batch: i64,
+    },
+    /// Print a new random master key (32 bytes, base64)
+    NewMasterKey,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::process();
@@ -76,6 +103,7 @@ fn main() -> ExitCode {
             block_on(migrate(env))
         }
         Command::Purge => block_on(purge(env)),
+        Command::Vault(command) => vault(env, command),
         Command::Token {
             tenant,
             sub,
@@ -102,6 +130,38 @@ async fn purge(env: Env) -> Result<(), StartupError> {
     let report = mosaic::purge(&env, chrono::Utc::now()).await?;
     tracing::info!(tenants = report.tenants, removed = ?report.removed, "purge done");
     Ok(())
+}
+
+fn vault(env: Env, command: VaultCommand) -> Result<(), StartupError> {
+    match command {
+        VaultCommand::RotateMasterKey => block_on(async {
+            logging(&env)?;
+            let report = mosaic::rotate_master_key(&env).await?;
+            tracing::info!(
+                rewrapped = report.rewrapped,
+                tenants = report.tenants,
+                "master key rotation done"
+            );
+            Ok(())
+        }),
+        VaultCommand::RotateDataKey { tenant, batch } => block_on(async {
+            logging(&env)?;
+            let report = mosaic::rotate_data_key(&env, TenantId::from(tenant), batch).await?;
+            tracing::info!(
+                %tenant,
+                key_version = report.key_version,
+                reencrypted = report.reencrypted,
+                batches = report.batches,
+                retired = report.retired,
+                "data key rotation done"
+            );
+            Ok(())
+        }),
+        VaultCommand::NewMasterKey => {
+            println!("{}", mosaic_identity::vault::new_master_key().as_str());
+            Ok(())
+        }
+    }
 }
 
 /// Prints a token signed with the local key.
@@ -160,7 +220,7 @@ mod tests {
         Cli::command().debug_assert();
         let mut command = Cli::command();
         let help = command.render_long_help().to_string();
-        for name in ["serve", "migrate", "purge", "token"] {
+        for name in ["serve", "migrate", "purge", "vault", "token"] {
             assert!(help.contains(name), "{name} in {help}");
         }
         let serve = Cli::command()

@@ -127,6 +127,12 @@ impl ApiError {
         e
     }
 
+    /// DATA_LOSS: stored data is unreadable (a ciphertext that does not
+    /// authenticate). Never retried: the data itself is at fault.
+    pub fn data_loss(reason: &str, message: impl Into<String>) -> Self {
+        Self::new(Code::DataLoss, reason, message)
+    }
+
     /// UNAVAILABLE: a dependency is down or saturated; safe to retry.
     pub fn unavailable(reason: &str, message: impl Into<String>) -> Self {
         Self::new(Code::Unavailable, reason, message)

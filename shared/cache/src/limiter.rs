@@ -79,6 +79,9 @@ struct Inner {
     leases: Mutex<HashMap<TenantId, Lease>>,
     /// Cells one lease takes.
     lease_size: u32,
+    /// The last part of the key: `ratelimit` for the request limit, or a
+    /// limit of its own ([`RateLimiter::named`]).
+    name: &'static str,
 }
 
 struct Lease {
@@ -99,6 +102,13 @@ impl RateLimiter {
     /// connect. With `config.per_second == 0` the limiter is off and never
     /// touches Redis.
     pub fn new(config: RateLimitConfig, redis: Redis) -> Self {
+        Self::named(config, redis, "ratelimit")
+    }
+
+    /// A limit of its own beside the request limit (identity's
+    /// `RevealSecret`), keyed `mosaic:{<tenant>}:ratelimit:<name>` on the
+    /// same Redis handle, failing open like it.
+    pub fn named(config: RateLimitConfig, redis: Redis, name: &'static str) -> Self {
         if !config.enabled() {
             return Self::disabled();
         }
@@ -109,6 +119,7 @@ impl RateLimiter {
                 leases: Mutex::new(HashMap::new()),
                 lease_size: (config.per_second / 20).min(config.burst / 10).max(1),
                 config,
+                name,
             })),
         }
     }
@@ -125,6 +136,15 @@ impl RateLimiter {
     /// The Redis key of a tenant's limit state; the tenant is the hash tag.
     pub fn key(tenant: TenantId) -> String {
         mosaic_core::keys::redis_key(tenant, &[&"ratelimit"])
+    }
+
+    /// The Redis key of a tenant's state of the limit `name`.
+    pub fn named_key(tenant: TenantId, name: &str) -> String {
+        if name == "ratelimit" {
+            Self::key(tenant)
+        } else {
+            mosaic_core::keys::redis_key(tenant, &[&"ratelimit", &name])
+        }
     }
 
     /// Counts one request of `tenant`. Never fails and never waits longer than
@@ -155,7 +175,7 @@ impl Inner {
         loop {
             let (allowed, retry_us): (i64, i64) = self
                 .script
-                .key(RateLimiter::key(tenant))
+                .key(RateLimiter::named_key(tenant, self.name))
                 .arg(self.config.per_second)
                 .arg(self.config.burst.max(1))
                 .arg(cost)
@@ -298,6 +318,35 @@ mod tests {
 
         tokio::time::sleep(retry + Duration::from_millis(10)).await;
         assert_eq!(limiter.check(tenant).await, Decision::Allowed);
+    }
+
+    #[tokio::test]
+    async fn a_named_limit_counts_apart_from_the_request_limit() {
+        let redis = Redis::new(RedisConfig {
+            timeout: Duration::from_secs(2),
+            ..RedisConfig::single(redis_url())
+        })
+        .unwrap();
+        let config = RateLimitConfig {
+            per_second: 1,
+            burst: 2,
+        };
+        let requests = RateLimiter::new(config.clone(), redis.clone());
+        let reveals = RateLimiter::named(config, redis, "vault-reveal");
+        let tenant = TenantId::new();
+        assert_eq!(reveals.check(tenant).await, Decision::Allowed);
+        assert_eq!(reveals.check(tenant).await, Decision::Allowed);
+        limited(reveals.check(tenant).await);
+        // The request limit of the same tenant is untouched.
+        assert_eq!(requests.check(tenant).await, Decision::Allowed);
+        assert_eq!(
+            RateLimiter::named_key(tenant, "vault-reveal"),
+            format!("mosaic:{{{tenant}}}:ratelimit:vault-reveal")
+        );
+        assert_eq!(
+            RateLimiter::named_key(tenant, "ratelimit"),
+            RateLimiter::key(tenant)
+        );
     }
 
     #[tokio::test]

@@ -276,6 +276,24 @@ impl AccessView {
         }
     }
 
+    /// The tenant setting `approvals.approver_role` (`member`, `admin` or
+    /// `owner`, checked by identity when written), `None` when unset or the
+    /// tenant unknown. Read from identity's `tenants.approver_role` on every
+    /// call, not kept: an approval is a person's decision, rare enough that
+    /// one indexed read costs nothing, and a changed setting holds at once.
+    /// UNAVAILABLE when it cannot be read.
+    pub async fn approver_role(&self, tenant: TenantId) -> Result<Option<String>, ApiError> {
+        let read: Result<Option<Option<String>>, sqlx::Error> =
+            sqlx::query_scalar("SELECT approver_role FROM identity.tenants WHERE tenant_id = $1")
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await;
+        read.map(Option::flatten).map_err(|e| {
+            tracing::debug!(error = %e, %tenant, "approver role unreadable");
+            unavailable()
+        })
+    }
+
     /// Whether `tenant` exists and is not deleted, as this view knows it (for
     /// a path that learns its tenant from the database, not from a token:
     /// agents' public-key lookup). UNAVAILABLE when it cannot be known.

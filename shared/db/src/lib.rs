@@ -40,7 +40,7 @@ pub use config::DbConfig;
 pub use error::{Constraint, db_error, db_error_with};
 pub use migrate::{Migrations, ServiceSchema};
 pub use mosaic_tenant::TenantContext;
-pub use pool::{Database, TenantTx};
+pub use pool::{Database, PlatformTx, TenantTx};
 pub use resource::{Changed, HasMeta, Resource, RowMeta, create_once};
 pub use select::{Order, Param, Select};
 pub use time::{OptTime, Time};

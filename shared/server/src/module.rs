@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use mosaic_api::ApiResult;
-use mosaic_cache::Cache;
+use mosaic_cache::{Cache, Redis};
 use mosaic_core::{Env, Metrics, Probe, StartupError, TenantId};
 use mosaic_db::access::AccessView;
 use mosaic_db::purge::Expiring;
@@ -90,6 +90,9 @@ pub struct Deps {
     /// limiter, and is off (every lookup `Unavailable`) with
     /// `MOSAIC_CACHE_TTL_SECS=0`. See `mosaic_cache::cache`.
     pub cache: Cache,
+    /// The process's one Redis handle (the limiter's and the caches'), for
+    /// a limit of the service's own (`mosaic_cache::RateLimiter::named`).
+    pub redis: Redis,
     pub tokens: TokenSettings,
     /// The process's view of tenant states and revocations (what the auth
     /// layer decides with), for a path that learns its tenant otherwise.
@@ -119,12 +122,16 @@ pub(crate) type AddRoute = Box<dyn FnOnce(&mut RoutesBuilder) + Send>;
 /// at the drain deadline if it has not.
 pub(crate) type Task = (&'static str, BoxFuture<'static, ()>);
 
+/// A check the kit runs once before it serves: an error stops the process.
+pub(crate) type StartupCheck = (&'static str, BoxFuture<'static, Result<(), StartupError>>);
+
 /// A built service: its gRPC routes and the probes its health follows.
 pub struct Service {
     routes: Vec<AddRoute>,
     names: Vec<&'static str>,
     probes: Vec<Arc<dyn Probe>>,
     tasks: Vec<Task>,
+    checks: Vec<StartupCheck>,
     stop: Shutdown,
     max_message_bytes: usize,
 }
@@ -148,6 +155,7 @@ impl Service {
             names: Vec::new(),
             probes: Vec::new(),
             tasks: Vec::new(),
+            checks: Vec::new(),
             stop: deps.stop.clone(),
             max_message_bytes: deps.max_message_bytes,
         }
@@ -200,6 +208,18 @@ impl Service {
         self
     }
 
+    /// A check to run once before serving (identity's: the vault's master
+    /// key unwraps the stored data keys); an error stops the process with
+    /// its message. A check must not wait long for a store that is down:
+    /// a process starts while its stores are down (leave the rest to a probe).
+    pub fn startup_check<F>(&mut self, name: &'static str, check: F) -> &mut Self
+    where
+        F: Future<Output = Result<(), StartupError>> + Send + 'static,
+    {
+        self.checks.push((name, Box::pin(check)));
+        self
+    }
+
     /// The gRPC service names, in the order they were added.
     pub fn names(&self) -> &[&'static str] {
         &self.names
@@ -211,6 +231,7 @@ impl Service {
             names: self.names,
             probes: self.probes,
             tasks: self.tasks,
+            checks: self.checks,
         }
     }
 }
@@ -221,6 +242,7 @@ pub(crate) struct Parts {
     pub(crate) names: Vec<&'static str>,
     pub(crate) probes: Vec<Arc<dyn Probe>>,
     pub(crate) tasks: Vec<Task>,
+    pub(crate) checks: Vec<StartupCheck>,
 }
 
 /// Adds generated gRPC servers to a [`Service`], each with the message size

@@ -143,6 +143,7 @@ pub async fn run(
     let mut public = Vec::new();
     let mut pools = Vec::new();
     let mut tasks = Vec::new();
+    let mut checks = Vec::new();
     for module in modules {
         let db = connect(*module, env)?;
         let mut probes: Vec<Arc<dyn Probe>> = Vec::new();
@@ -160,6 +161,7 @@ pub async fn run(
             db,
             metrics: metrics.clone(),
             cache: Cache::new(module.name(), cache_config.clone(), redis.clone()),
+            redis: redis.clone(),
             tokens: tokens.clone(),
             access: access.clone(),
             stop: stop.clone(),
@@ -174,9 +176,20 @@ pub async fn run(
         probes.extend(parts.probes);
         groups.push(HealthGroup::new(&parts.names, probes));
         tasks.extend(parts.tasks);
+        checks.extend(parts.checks);
         public.extend(module.public_methods().iter().map(|m| (*m).to_owned()));
     }
 
+    for (name, check) in checks {
+        tracing::debug!(check = name, "startup check");
+        if let Err(e) = check.await {
+            for pool in pools {
+                pool.close().await;
+            }
+            access.close().await;
+            return Err(e);
+        }
+    }
     tasks.push((
         "access log",
         Box::pin(access.clone().run(poll, stop.cancelled())),

@@ -277,6 +277,42 @@ impl TenantContext {
         ))
     }
 
+    /// The context a request that may name a tenant (`tenant_id`, empty
+    /// or a UUID) acts in: the token's tenant when it is empty or names it;
+    /// any named tenant for a platform admin; `not_found` for anyone else
+    /// naming another tenant (its existence is not revealed).
+    pub fn for_request(
+        &self,
+        field: &str,
+        tenant_id: &str,
+        not_found: impl FnOnce() -> ApiError,
+    ) -> ApiResult<Self> {
+        match mosaic_api::parse::optional_id::<TenantId>(field, tenant_id)? {
+            None if self.0.tenant.is_some() => Ok(self.clone()),
+            None => Err(ApiError::invalid_argument(
+                field,
+                "required: the token carries no tenant",
+            )),
+            Some(tenant) => self.scoped_to(tenant, not_found),
+        }
+    }
+
+    /// Like [`TenantContext::for_request`], also for a token holding the
+    /// service role `role`, which may name any tenant
+    /// ([`TenantContext::scoped_for_service`]).
+    pub fn for_service_request(
+        &self,
+        field: &str,
+        tenant_id: &str,
+        role: &str,
+        not_found: impl FnOnce() -> ApiError,
+    ) -> ApiResult<Self> {
+        match mosaic_api::parse::optional_id::<TenantId>(field, tenant_id)? {
+            None => self.for_request(field, tenant_id, not_found),
+            Some(tenant) => self.scoped_for_service(tenant, role, not_found),
+        }
+    }
+
     /// A context for work that no client request started (background jobs,
     /// bootstrap), acting as `principal` for `tenant`. Carries no token, so it
     /// cannot be propagated to other services.
