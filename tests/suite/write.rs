@@ -140,6 +140,7 @@ async fn each_connection_prepares_a_statement_once_and_killed_ones_cost_no_call(
     .unwrap();
     assert!(killed >= 1, "{killed} pooled connections");
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (sent_before, _) = db.write_stats();
     for result in write_all().await {
         assert_eq!(
             result.unwrap().unwrap().len(),
@@ -147,5 +148,12 @@ async fn each_connection_prepares_a_statement_once_and_killed_ones_cost_no_call(
             "a dead connection failed the write"
         );
     }
+    // The dead connections, taken first (they were the idle ones), each
+    // answered the server's FATAL and the write went again on another.
+    let (sent_after, _) = db.write_stats();
+    assert!(
+        sent_after - sent_before > 4,
+        "{sent_before} -> {sent_after}"
+    );
     db.close().await;
 }
