@@ -83,23 +83,23 @@ apply_sql=$(python3 - "$source_sql" <<'PY'
 import re, sys
 sql = sys.argv[1].strip()
 params = {
-    1: "('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid",  # tenant
-    2: "gen_random_uuid()",            # entry id
-    3: "'consumption'",
-    4: "(-1)::int8",                   # amount
-    5: "0::int8",                      # held change
-    6: "('bench-' || :r::text)",       # idempotency key
-    7: "''",                           # reference
-    8: "NULL::uuid",                   # hold
-    9: "NULL::uuid",                   # refunded charge
-    10: "'bench'",                     # actor (no ':' in a literal: pgbench reads ':name' as a variable)
-    11: "''",                          # request id
-    12: "gen_random_uuid()",           # audit event id
-    13: "'ledger.consume'",
-    14: "'ledger_entry'",
-    15: "entry_id::text",              # audit resource id: the new entry's
+    "tenant": "('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid",
+    "1": "gen_random_uuid()",            # entry id
+    "2": "'consumption'",
+    "3": "(-1)::int8",                   # amount
+    "4": "0::int8",                      # held change
+    "5": "('bench-' || :r::text)",       # idempotency key
+    "6": "''",                           # reference
+    "7": "NULL::uuid",                   # hold
+    "8": "NULL::uuid",                   # refunded charge
+    "9": "'bench'",                      # actor (no ':' in a literal: pgbench reads ':name' as a variable)
+    "10": "''",                          # request id
+    "11": "gen_random_uuid()",           # audit event id
+    "12": "'ledger.consume'",
+    "13": "'ledger_entry'",
+    "14": "entry_id::text",              # audit resource id: the new entry's
 }
-print(re.sub(r"\$(\d+)", lambda m: params[int(m.group(1))], sql) + ";")
+print(re.sub(r"\$(tenant|\d+)", lambda m: params[m.group(1)], sql) + ";")
 PY
 ) || bench_die "could not fill in APPLY_SQL's parameters"
 write_script() { # <out> <\set line for n>

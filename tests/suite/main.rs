@@ -50,3 +50,4 @@ mod rate_limit;
 mod read_lane;
 mod roles;
 mod shutdown;
+mod write;

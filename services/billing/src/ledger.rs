@@ -65,8 +65,7 @@ pub async fn consume(
         resource_type: "ledger_entry",
         resource_id: None,
     };
-    let tx = db.begin(ctx).await?;
-    finish(db, ctx, tx, change).await
+    finish_alone(db, ctx, change).await
 }
 
 /// A checked Refund.
@@ -149,8 +148,7 @@ pub async fn adjust(
         resource_type: "ledger_entry",
         resource_id: None,
     };
-    let tx = db.begin(ctx).await?;
-    finish(db, ctx, tx, change).await
+    finish_alone(db, ctx, change).await
 }
 
 /// Applies `change` in `tx` and commits; a refused change becomes the
@@ -181,14 +179,48 @@ pub(crate) async fn finish(
             }
             let account = accounts::storage::get_in(&mut tx).await?;
             tx.finish_read();
-            Err(match account {
-                None => accounts::ACCOUNT.not_found(),
-                Some(account) => insufficient(
-                    account.available(),
-                    (-change.amount).max(0) + change.held_change.max(0),
-                ),
-            })
+            Err(refusal(account, &change))
         }
+    }
+}
+
+/// Applies `change` on its own, committed in the round trip that makes it
+/// ([`storage::apply_alone`]); a refused change becomes the replay of its key
+/// or the reason it was refused, read afterwards (at READ COMMITTED each read
+/// of [`finish`]'s transaction sees what had committed when it ran, too).
+pub(crate) async fn finish_alone(
+    db: &Database,
+    ctx: &TenantContext,
+    change: Change<'_>,
+) -> ApiResult<EntryRow> {
+    match storage::apply_alone(db, ctx, &change).await? {
+        Applied::Done(entry) => Ok(*entry),
+        Applied::KeyTaken => replay(db, ctx, &change).await,
+        Applied::Refused => {
+            let mut tx = db.begin(ctx).await?;
+            if let Some(key) = change.key
+                && let Some(entry) = storage::by_key(&mut tx, key).await?
+            {
+                tx.finish_read();
+                storage::same_request(&entry, &change)?;
+                return Ok(entry);
+            }
+            let account = accounts::storage::get_in(&mut tx).await?;
+            tx.finish_read();
+            Err(refusal(account, &change))
+        }
+    }
+}
+
+/// Why a change that found nothing to change was refused: no account, or
+/// too few credits available.
+fn refusal(account: Option<accounts::storage::AccountRow>, change: &Change<'_>) -> ApiError {
+    match account {
+        None => accounts::ACCOUNT.not_found(),
+        Some(account) => insufficient(
+            account.available(),
+            (-change.amount).max(0) + change.held_change.max(0),
+        ),
     }
 }
 

@@ -12,7 +12,9 @@
 //! - [`access`]: [`access::AccessView`], tenant states and revocations
 //!   published by identity, checked on every call.
 //! - [`config`]: pool settings from the environment.
-//! - [`pool`]: [`Database`] and [`TenantTx`].
+//! - [`pool`]: [`Database`] and [`TenantTx`]; one-message reads (the read
+//!   lane) and writes ([`Database::write`]: `SET LOCAL` and one statement
+//!   in one round trip, committed with the message).
 //! - [`error`]: SQLSTATE → [`mosaic_api::ApiError`].
 //! - [`audit`]: audit events, written in the caller's transaction, and listed.
 //! - [`idempotency`]: `request_id` replay, in the same transaction as the effect.
@@ -35,6 +37,7 @@ mod read_lane;
 pub mod resource;
 pub mod select;
 mod time;
+mod write;
 
 pub use config::DbConfig;
 pub use error::{Constraint, db_error, db_error_with};

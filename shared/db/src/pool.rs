@@ -12,13 +12,15 @@ use uuid::Uuid;
 use crate::config::DbConfig;
 use crate::error::{connection_lost, db_error};
 use crate::read_lane::ReadLane;
-use crate::select::Select;
+use crate::select::{Select, arguments, numbered};
+use crate::write::{Failure, Writes};
 
 /// A service's connection pool, logged in as the service's runtime role.
 #[derive(Debug, Clone)]
 pub struct Database {
     pool: PgPool,
     reads: std::sync::Arc<ReadLane>,
+    writes: std::sync::Arc<Writes>,
     platform_role: Option<&'static str>,
     max_connections: u32,
 }
@@ -49,6 +51,7 @@ impl Database {
                 config.read_connections as usize,
                 config.acquire_timeout,
             )),
+            writes: std::sync::Arc::default(),
             platform_role: None,
             max_connections: config.max_connections,
         })
@@ -114,6 +117,76 @@ impl Database {
         rows.iter()
             .map(|row| T::from_row(row).map_err(db_error))
             .collect()
+    }
+
+    /// A write that is one statement, in one round trip: `SET LOCAL
+    /// mosaic.tenant_id = '<tenant>'` and the statement travel in one
+    /// simple-protocol message on a pool connection, which PostgreSQL runs
+    /// and commits as one implicit transaction (see the `write` module). When
+    /// this returns the statement's rows, the write has committed; when the
+    /// statement fails, nothing was written. `$tenant` is the caller's
+    /// tenant; parameters are bound as [`Database::read`]'s are, and each
+    /// connection prepares the statement once.
+    ///
+    /// The outer `Err` is already mapped (no tenant, pool exhausted within
+    /// its acquire timeout, database unreachable); the inner one is
+    /// PostgreSQL refusing the statement, for the caller to map with its own
+    /// constraints ([`crate::db_error_with`]). A statement that must be one
+    /// step of a longer transaction runs through [`TenantTx::fetch_all`]
+    /// instead, with the same text.
+    pub async fn write<T>(
+        &self,
+        ctx: &TenantContext,
+        statement: Select,
+    ) -> ApiResult<Result<Vec<T>, sqlx::Error>>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let tenant = ctx.tenant_id()?;
+        let sql = statement.sql();
+        if sql.contains(';') || sql.trim().is_empty() {
+            return Err(ApiError::internal("Database::write takes one statement"));
+        }
+        for param in statement.params() {
+            param.check().map_err(db_error)?;
+        }
+        let Some(prepared) = self.writes.statement(&statement) else {
+            // More distinct statements than a connection should keep prepared:
+            // an ordinary transaction, same statement, same guarantees.
+            let mut tx = self.begin(ctx).await?;
+            let rows = match tx.fetch_all(&statement).await {
+                Ok(rows) => rows,
+                Err(e) if matches!(e, sqlx::Error::Database(_)) && !connection_lost(&e) => {
+                    return Ok(Err(e));
+                }
+                Err(e) => return Err(db_error(e)),
+            };
+            tx.commit().await?;
+            return Ok(Ok(rows));
+        };
+        let message = Writes::message(&prepared, tenant.uuid(), statement.params());
+        let mut attempts = self.max_connections;
+        loop {
+            let mut conn = self.pool.acquire().await.map_err(db_error)?;
+            match self.writes.send(&mut conn, &prepared, &message).await {
+                Ok(rows) => {
+                    // Committed; rows that do not fit `T` are the caller's bug.
+                    let rows = rows.iter().map(T::from_row).collect::<Result<_, _>>();
+                    return rows.map(Ok).map_err(db_error);
+                }
+                Err(Failure::Unsent(e)) if attempts > 0 => {
+                    attempts -= 1;
+                    tracing::debug!(error = %e, "dead pool connection; the write goes on another");
+                }
+                Err(Failure::Unsent(e) | Failure::Other(e)) => return Err(db_error(e)),
+                Err(Failure::Statement(e)) => return Ok(Err(e)),
+            }
+        }
+    }
+
+    /// One-message writes: (writes sent, statements prepared on a connection).
+    pub fn write_stats(&self) -> (u64, u64) {
+        self.writes.stats()
     }
 
     /// [`Database::read`] of a SELECT whose parameters `$1`, `$2`, ... are `ids`.
@@ -228,6 +301,22 @@ impl TenantTx {
         Ok(())
     }
 
+    /// Runs `statement` in this transaction (`$tenant` is its tenant) and
+    /// returns its rows: the same text [`Database::write`] sends in one
+    /// message, for a write that is one step of a longer transaction.
+    /// Parameters are bound in binary; sqlx prepares the statement once per
+    /// connection.
+    pub async fn fetch_all<T>(&mut self, statement: &Select) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let sql = numbered(statement.sql());
+        let args = arguments(self.tenant.uuid(), statement.params())?;
+        sqlx::query_as_with(&sql, args)
+            .fetch_all(&mut *self.tx)
+            .await
+    }
+
     pub async fn commit(self) -> ApiResult<()> {
         self.tx.commit().await.map_err(db_error)
     }
@@ -295,6 +384,21 @@ impl Database {
                 std::sync::Arc::new(move || {
                     let (open, idle, max) = db.stats();
                     f64::from([open, idle, max][index])
+                }),
+            )?;
+        }
+        for (index, what) in ["writes", "write_prepares"].into_iter().enumerate() {
+            let db = self.clone();
+            metrics.register_counter_fn(
+                &format!("mosaic_db_{what}_total"),
+                &format!(
+                    "one-message writes: {}",
+                    ["writes sent", "statements prepared on a connection"][index]
+                ),
+                &[("service", service)],
+                std::sync::Arc::new(move || {
+                    let (writes, prepares) = db.write_stats();
+                    [writes, prepares][index] as f64
                 }),
             )?;
         }

@@ -45,7 +45,7 @@ use sqlx::{ConnectOptions, Either, PgConnection};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::select::Param;
+use crate::select::{Param, numbered};
 
 use crate::error::connection_lost;
 use crate::error::sqlstate::{FEATURE_NOT_SUPPORTED, INVALID_SQL_STATEMENT_NAME};
@@ -389,34 +389,6 @@ impl LaneConn {
         Ok(())
     }
 }
-/// `$tenant` → `$1` and `$n` → `$n+1`: the parameters of the prepared SELECT.
-fn numbered(select: &str) -> String {
-    let mut out = String::with_capacity(select.len() + 8);
-    let mut rest = select;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        if let Some(tail) = after.strip_prefix("tenant") {
-            out.push_str("$1");
-            rest = tail;
-            continue;
-        }
-        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-        match after[..digits].parse::<usize>() {
-            Ok(n) => {
-                let _ = write!(out, "${}", n.saturating_add(1));
-                rest = &after[digits..];
-            }
-            Err(_) => {
-                out.push('$');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Gives every read the error: the first the error itself, the others a copy.
 fn fail_all(reads: impl IntoIterator<Item = Read>, err: sqlx::Error) {
     let mut err = Some(err);
@@ -479,18 +451,5 @@ impl Drop for Sender {
         if !self.done {
             self.lane.state().senders -= 1;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::numbered;
-
-    #[test]
-    fn numbers_the_tenant_first_then_the_ids() {
-        assert_eq!(
-            numbered("WHERE a = $tenant AND b = $1 AND c = $9 AND d = $10 AND e = '$x'"),
-            "WHERE a = $1 AND b = $2 AND c = $10 AND d = $11 AND e = '$x'"
-        );
     }
 }

@@ -15,6 +15,7 @@
 //! `\u0000`, ordinary text for the literal, which `jsonb` then refuses as
 //! PostgreSQL always does; the request validators refuse it first.)
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
@@ -72,7 +73,9 @@ impl Param {
         match &self.value {
             None => out.push_str("NULL"),
             Some(Value::Uuid(id)) => {
-                let _ = write!(out, "'{id}'");
+                out.push('\'');
+                push_uuid(*id, out);
+                out.push('\'');
             }
             Some(Value::Int(n)) => {
                 let _ = write!(out, "{n}");
@@ -87,6 +90,11 @@ impl Param {
             Some(Value::Text(s) | Value::Json(s)) => quote(s, out),
         }
     }
+}
+
+/// The hyphenated lowercase form of `id` (hex and dashes), without `fmt`.
+pub(crate) fn push_uuid(id: Uuid, out: &mut String) {
+    out.push_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
 }
 
 /// `s` between single quotes, each one inside doubled.
@@ -157,28 +165,53 @@ pub enum Order {
 /// without `;`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Select {
-    sql: String,
+    sql: Cow<'static, str>,
     params: Vec<Param>,
 }
 
 impl Select {
     pub fn new(sql: impl Into<String>) -> Self {
         Self {
-            sql: sql.into(),
+            sql: Cow::Owned(sql.into()),
             params: Vec::new(),
+        }
+    }
+
+    /// A service's constant statement, whose parameters come from [`Select::bind`]:
+    /// not copied, and [`crate::Database::write`] finds its prepared form by
+    /// its address instead of hashing its text.
+    pub fn constant(sql: &'static str) -> Self {
+        Self {
+            sql: Cow::Borrowed(sql),
+            params: Vec::new(),
+        }
+    }
+
+    /// The constant this statement was made from, if it was.
+    pub(crate) fn as_constant(&self) -> Option<&'static str> {
+        match self.sql {
+            Cow::Borrowed(sql) => Some(sql),
+            Cow::Owned(_) => None,
         }
     }
 
     /// Appends SQL text (never a value a client sent: bind those).
     pub fn push(&mut self, sql: &str) -> &mut Self {
-        self.sql.push_str(sql);
+        self.sql.to_mut().push_str(sql);
         self
     }
 
     /// Appends the next parameter's placeholder and keeps its value.
     pub fn push_bind(&mut self, param: impl Into<Param>) -> &mut Self {
         self.params.push(param.into());
-        let _ = write!(self.sql, "${}", self.params.len());
+        let _ = write!(self.sql.to_mut(), "${}", self.params.len());
+        self
+    }
+
+    /// Keeps the next parameter, for SQL that names `$1..$n` itself (a
+    /// service's constant statement); the n-th `bind` is `$n`.
+    pub fn bind(&mut self, param: impl Into<Param>) -> &mut Self {
+        self.params.push(param.into());
         self
     }
 
@@ -220,13 +253,101 @@ impl Select {
     }
 
     pub(crate) fn into_parts(self) -> (String, Vec<Param>) {
-        (self.sql, self.params)
+        (self.sql.into_owned(), self.params)
     }
+
+    pub(crate) fn params(&self) -> &[Param] {
+        &self.params
+    }
+}
+
+/// `$tenant` → `$1` and `$n` → `$n+1`: the parameters of the prepared statement.
+pub(crate) fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix("tenant") {
+            out.push_str("$1");
+            rest = tail;
+            continue;
+        }
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        match after[..digits].parse::<usize>() {
+            Ok(n) => {
+                let _ = write!(out, "${}", n.saturating_add(1));
+                rest = &after[digits..];
+            }
+            Err(_) => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The parameter types of a prepared statement over `params`, the tenant
+/// (`uuid`) first: `uuid,text,int8`.
+pub(crate) fn types(params: &[Param]) -> String {
+    let mut types = String::with_capacity(5 + 8 * params.len());
+    types.push_str("uuid");
+    for param in params {
+        types.push(',');
+        types.push_str(param.type_name());
+    }
+    types
+}
+
+/// sqlx arguments for a statement [`numbered`]: the tenant, then `params`,
+/// each with its declared type (the extended protocol's binary format).
+pub(crate) fn arguments(
+    tenant: Uuid,
+    params: &[Param],
+) -> Result<sqlx::postgres::PgArguments, sqlx::Error> {
+    use sqlx::Arguments as _;
+    let mut args = sqlx::postgres::PgArguments::default();
+    let encode = sqlx::Error::Encode;
+    args.add(tenant).map_err(encode)?;
+    for param in params {
+        match (&param.value, param.ty) {
+            (Some(Value::Uuid(v)), _) => args.add(*v),
+            (Some(Value::Text(v)), _) => args.add(v.as_str()),
+            (Some(Value::Int(v)), _) => args.add(*v),
+            (Some(Value::Bool(v)), _) => args.add(*v),
+            (Some(Value::Time(v)), _) => args.add(*v),
+            (Some(Value::Date(v)), _) => args.add(*v),
+            (Some(Value::Json(v)), _) => match serde_json::from_str::<serde_json::Value>(v) {
+                Ok(v) => args.add(sqlx::types::Json(v)),
+                Err(e) => Err(e.into()),
+            },
+            (None, "uuid") => args.add(None::<Uuid>),
+            (None, "text") => args.add(None::<String>),
+            (None, "int8") => args.add(None::<i64>),
+            (None, "bool") => args.add(None::<bool>),
+            (None, "timestamptz") => args.add(None::<DateTime<Utc>>),
+            (None, "date") => args.add(None::<NaiveDate>),
+            (None, "jsonb") => args.add(None::<sqlx::types::Json<serde_json::Value>>),
+            (None, other) => Err(format!("no NULL of parameter type {other}").into()),
+        }
+        .map_err(encode)?;
+    }
+    Ok(args)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_the_tenant_first_then_the_ids() {
+        assert_eq!(
+            numbered("WHERE a = $tenant AND b = $1 AND c = $9 AND d = $10 AND e = '$x'"),
+            "WHERE a = $1 AND b = $2 AND c = $10 AND d = $11 AND e = '$x'"
+        );
+    }
 
     fn literal(p: impl Into<Param>) -> String {
         let p = p.into();

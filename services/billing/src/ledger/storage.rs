@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use mosaic_api::{ApiError, ApiResult, convert};
 use mosaic_core::TenantId;
 use mosaic_db::error::sqlstate::UNIQUE_VIOLATION;
-use mosaic_db::{Constraint, Select, TenantTx, db_error_with};
+use mosaic_db::{Constraint, Database, Select, TenantContext, TenantTx, db_error_with};
 use mosaic_proto::StoredEnum;
 use mosaic_proto::billing::{EntryKind, LedgerEntry};
 use uuid::Uuid;
@@ -111,67 +111,130 @@ pub(crate) enum Applied {
 /// account (available stays >= 0; the key was never used), the ledger entry
 /// from its RETURNING (balance and held after it, and the next seq), and the
 /// audit event from the entry's. Nothing is written unless all three are.
-/// `tests/bench/billing.sh` runs this text under pgbench.
+/// It returns only what it computed of the entry ([`Written`]); the rest of
+/// the entry is what it was given.
+/// `$tenant` is the caller's tenant. Consume and Adjust send it alone in one
+/// round trip ([`apply_alone`]); the other changes run it as one step of a
+/// transaction ([`apply`]). `tests/bench/billing.sh` runs this text under pgbench.
 pub const APPLY_SQL: &str = "WITH changed AS ( \
-         UPDATE accounts SET balance = balance + $4, held = held + $5, entries = entries + 1, \
+         UPDATE accounts SET balance = balance + $3, held = held + $4, entries = entries + 1, \
                 updated_at = now() \
-         WHERE tenant_id = $1 AND balance + $4 - (held + $5) >= 0 \
-           AND ($6::text IS NULL OR NOT EXISTS ( \
-                SELECT 1 FROM ledger_entries WHERE tenant_id = $1 AND idempotency_key = $6)) \
+         WHERE tenant_id = $tenant AND balance + $3 - (held + $4) >= 0 \
+           AND ($5::text IS NULL OR NOT EXISTS ( \
+                SELECT 1 FROM ledger_entries WHERE tenant_id = $tenant AND idempotency_key = $5)) \
          RETURNING balance, held, entries \
      ), entry AS ( \
          INSERT INTO ledger_entries (tenant_id, seq, entry_id, kind, amount, held_change, \
                 balance_after, held_after, idempotency_key, reference, hold_id, refund_of, actor, \
                 request_id) \
-         SELECT $1, entries, $2, $3, $4, $5, balance, held, $6, $7, $8, $9, $10, $11 FROM changed \
-         RETURNING tenant_id, seq, entry_id, kind, amount, held_change, balance_after, held_after, \
-                idempotency_key, reference, hold_id, refund_of, actor, request_id, created_at \
+         SELECT $tenant, entries, $1, $2, $3, $4, balance, held, $5, $6, $7, $8, $9, $10 FROM changed \
+         RETURNING seq, entry_id, kind, amount, held_change, balance_after, held_after, \
+                reference, created_at \
      ), audit AS ( \
          INSERT INTO audit_events (tenant_id, event_id, actor, action, resource_type, resource_id, \
                 request_id, details) \
-         SELECT $1, $12, $10, $13, $14, $15, $11, jsonb_build_object('entry_id', entry_id, \
+         SELECT $tenant, $11, $9, $12, $13, $14, $10, jsonb_build_object('entry_id', entry_id, \
                 'seq', seq, 'kind', kind, 'amount', amount, 'held_change', held_change, \
                 'balance_after', balance_after, 'held_after', held_after, 'reference', reference) \
          FROM entry \
      ) \
-     SELECT tenant_id, seq, entry_id, kind, amount, held_change, balance_after, held_after, \
-            idempotency_key, reference, hold_id, refund_of, actor, request_id, created_at FROM entry";
+     SELECT seq, balance_after, held_after, created_at FROM entry";
 
-/// Runs [`APPLY_SQL`] for `change` in `tx`.
-#[tracing::instrument(level = "debug", skip_all, fields(kind = change.kind.stored_name()))]
-pub(crate) async fn apply(tx: &mut TenantTx, change: &Change<'_>) -> ApiResult<Applied> {
-    let tenant = tx.tenant_id();
-    let actor = tx.ctx().principal().to_owned();
-    let request_id = tx.ctx().request_id().to_owned();
-    let entry_id = EntryId::new();
+/// What [`APPLY_SQL`] computes of the entry it writes.
+#[derive(Debug, sqlx::FromRow)]
+struct Written {
+    seq: i64,
+    balance_after: i64,
+    held_after: i64,
+    #[sqlx(try_from = "mosaic_db::Time")]
+    created_at: DateTime<Utc>,
+}
+
+/// [`APPLY_SQL`] for `change` as a new entry `entry_id`, made by `ctx`'s
+/// principal in its request.
+fn apply_statement(ctx: &TenantContext, change: &Change<'_>, entry_id: EntryId) -> Select {
     let resource_id = change
         .resource_id
         .clone()
         .unwrap_or_else(|| entry_id.to_string());
-    let row: Result<Option<EntryRow>, sqlx::Error> = sqlx::query_as(APPLY_SQL)
-        .bind(tenant)
-        .bind(entry_id)
+    let mut statement = Select::constant(APPLY_SQL);
+    statement
+        .bind(entry_id.uuid())
         .bind(change.kind.stored_name())
         .bind(change.amount)
         .bind(change.held_change)
         .bind(change.key)
         .bind(change.reference)
-        .bind(change.hold_id)
-        .bind(change.refund_of)
-        .bind(actor)
-        .bind(request_id)
+        .bind(change.hold_id.map(HoldId::uuid))
+        .bind(change.refund_of.map(EntryId::uuid))
+        .bind(ctx.principal())
+        .bind(ctx.request_id())
         .bind(Uuid::now_v7())
         .bind(change.action)
         .bind(change.resource_type)
-        .bind(resource_id)
-        .fetch_optional(tx.conn())
-        .await;
-    match row {
-        Ok(Some(entry)) => Ok(Applied::Done(Box::new(entry))),
-        Ok(None) => Ok(Applied::Refused),
-        Err(e) if is_key_taken(&e) => Ok(Applied::KeyTaken),
-        Err(e) => Err(db_error_with(e, CONSTRAINTS)),
-    }
+        .bind(resource_id);
+    statement
+}
+
+/// What the statement's answer means; a written entry is `change` as bound
+/// plus what the statement computed.
+fn applied(
+    ctx: &TenantContext,
+    tenant_id: TenantId,
+    change: &Change<'_>,
+    entry_id: EntryId,
+    rows: Result<Vec<Written>, sqlx::Error>,
+) -> ApiResult<Applied> {
+    let written = match rows {
+        Ok(rows) => rows.into_iter().next(),
+        Err(e) if is_key_taken(&e) => return Ok(Applied::KeyTaken),
+        Err(e) => return Err(db_error_with(e, CONSTRAINTS)),
+    };
+    let Some(written) = written else {
+        return Ok(Applied::Refused);
+    };
+    Ok(Applied::Done(Box::new(EntryRow {
+        tenant_id,
+        seq: written.seq,
+        entry_id,
+        kind: change.kind.stored_name().to_owned(),
+        amount: change.amount,
+        held_change: change.held_change,
+        balance_after: written.balance_after,
+        held_after: written.held_after,
+        idempotency_key: change.key.map(str::to_owned),
+        reference: change.reference.to_owned(),
+        hold_id: change.hold_id,
+        refund_of: change.refund_of,
+        actor: ctx.principal().to_owned(),
+        request_id: ctx.request_id().to_owned(),
+        created_at: written.created_at,
+    })))
+}
+
+/// Runs [`APPLY_SQL`] for `change` as one step of `tx`.
+#[tracing::instrument(level = "debug", skip_all, fields(kind = change.kind.stored_name()))]
+pub(crate) async fn apply(tx: &mut TenantTx, change: &Change<'_>) -> ApiResult<Applied> {
+    let entry_id = EntryId::new();
+    let statement = apply_statement(tx.ctx(), change, entry_id);
+    let rows = tx.fetch_all(&statement).await;
+    applied(tx.ctx(), tx.tenant_id(), change, entry_id, rows)
+}
+
+/// Runs [`APPLY_SQL`] for `change` on its own, committed in one round trip
+/// ([`Database::write`]). `KeyTaken` has no transaction to abort here; the
+/// caller reads the key's entry as it would after [`apply`].
+#[tracing::instrument(level = "debug", skip_all, fields(kind = change.kind.stored_name()))]
+pub(crate) async fn apply_alone(
+    db: &Database,
+    ctx: &TenantContext,
+    change: &Change<'_>,
+) -> ApiResult<Applied> {
+    let entry_id = EntryId::new();
+    let rows = db
+        .write(ctx, apply_statement(ctx, change, entry_id))
+        .await?;
+    applied(ctx, ctx.tenant_id()?, change, entry_id, rows)
 }
 
 /// A unique violation of [`KEY_INDEX`].
