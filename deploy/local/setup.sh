@@ -241,14 +241,16 @@ else
   unset secret
   say "wrote .data/mosaic.env (new local jwt key)"
 fi
-# The vault's master key (32 random bytes, base64), added to a file written
-# before the vault existed. Never replaced: it wraps every tenant's data key.
+# The vault's master key, a fixed local one (like the local roles' password): every
+# checkout on this machine serves and tests the one local database, so they must all
+# wrap its tenants' data keys with the same key (a fresh clone with a key of its own
+# would find the data keys another checkout wrapped, and refuse to start). Local data
+# only: production takes its key from the mosaic-vault Secret. Added to a file
+# written before the vault existed; never replaced.
+local_master_key=bW9zYWljLWxvY2FsLXZhdWx0LW1hc3Rlci1rZXktMzI=
 if ! grep -q '^MOSAIC_VAULT_MASTER_KEY=' "$env_file"; then
-  master=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
-  [ "${#master}" -eq 44 ] || die "could not read 32 random bytes from /dev/urandom"
-  printf 'MOSAIC_VAULT_MASTER_KEY=%s\n' "$master" >>"$env_file"
-  unset master
-  say "added the vault's master key to .data/mosaic.env"
+  printf 'MOSAIC_VAULT_MASTER_KEY=%s\n' "$local_master_key" >>"$env_file"
+  say "added the vault's local master key to .data/mosaic.env"
 fi
 
 # --- roles and migrations ---------------------------------------------------------
