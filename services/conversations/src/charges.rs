@@ -30,8 +30,7 @@
 //! credits; usage that costs nothing is not charged.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mosaic_api::ApiResult;
@@ -40,7 +39,7 @@ use mosaic_proto::billing::ConsumeRequest;
 use mosaic_proto::billing::credit_service_client::CreditServiceClient;
 use mosaic_proto::conversations::ChargeState;
 use mosaic_server::Shutdown;
-use mosaic_tenant::{AuthConfig, Claims, TenantContext, TokenSigner};
+use mosaic_tenant::{AuthConfig, ServiceToken, TenantContext, TokenSigner};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -63,7 +62,6 @@ pub const CHARGE_GRACE_MS: &str = "MOSAIC_CONVERSATIONS_CHARGE_GRACE_MS";
 pub const CHARGING_ROLE: &str = "svc:charging";
 /// The principal of this service's own tokens.
 const PRINCIPAL: &str = "service:conversations";
-const TOKEN_TTL: Duration = Duration::from_secs(300);
 /// Charges settled per sweep round.
 const SWEEP_BATCH: i64 = 100;
 /// The longest wait between two attempts at one charge.
@@ -138,9 +136,7 @@ enum Outcome {
 #[derive(Debug)]
 pub struct Charger {
     billing: Channel,
-    signer: TokenSigner,
-    auth: AuthConfig,
-    token: Mutex<Option<(String, Instant)>>,
+    token: ServiceToken,
     store: Store,
     timeout: Duration,
     pub(crate) grace: Duration,
@@ -156,36 +152,11 @@ impl Charger {
     ) -> Result<Self, ConfigError> {
         Ok(Self {
             billing,
-            signer,
-            auth,
-            token: Mutex::new(None),
+            token: ServiceToken::new(signer, auth, PRINCIPAL, CHARGING_ROLE),
             store,
             timeout: env.millis(CHARGE_TIMEOUT_MS, 1000)?,
             grace: env.millis(CHARGE_GRACE_MS, 5000)?,
         })
-    }
-
-    /// This service's billing token, signed again before it runs out.
-    fn token(&self) -> ApiResult<String> {
-        let mut cached = self
-            .token
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((token, until)) = cached.as_ref()
-            && Instant::now() < *until
-        {
-            return Ok(token.clone());
-        }
-        let claims = Claims::new(
-            &self.auth,
-            PRINCIPAL.to_owned(),
-            None,
-            vec![CHARGING_ROLE.to_owned()],
-            TOKEN_TTL,
-        );
-        let token = self.signer.sign(&claims)?;
-        *cached = Some((token.clone(), Instant::now() + TOKEN_TTL / 2));
-        Ok(token)
     }
 
     /// One attempt at a pending charge, within `timeout`.
@@ -197,7 +168,7 @@ impl Charger {
         else {
             return Outcome::Retry;
         };
-        let token = match self.token() {
+        let token = match self.token.get() {
             Ok(token) => token,
             Err(e) => {
                 tracing::error!(error = %e.message(), "cannot sign the billing token");

@@ -25,5 +25,6 @@ pub use context::{Role, TenantContext};
 pub use layer::{AccessPolicy, AuthLayer, CallMeta};
 pub use propagation::Propagate;
 pub use token::{
-    AuthConfig, Claims, KeyError, KeyMaterial, TokenSettings, TokenSigner, TokenVerifier,
+    AuthConfig, Claims, KeyError, KeyMaterial, ServiceToken, TokenSettings, TokenSigner,
+    TokenVerifier,
 };

@@ -285,6 +285,72 @@ impl TokenSigner {
     }
 }
 
+/// A service's own short-lived token for one service role, with no tenant
+/// (the request names the tenant): conversations calls billing as
+/// `svc:charging`, crm calls agents as `svc:subjects`. Signed on first use and
+/// again at half its lifetime, so a long-running task never sends one that
+/// is about to run out.
+pub struct ServiceToken {
+    signer: TokenSigner,
+    auth: AuthConfig,
+    principal: &'static str,
+    role: &'static str,
+    cached: Mutex<Option<(String, Instant)>>,
+}
+
+impl std::fmt::Debug for ServiceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceToken")
+            .field("principal", &self.principal)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceToken {
+    /// How long each token is valid.
+    pub const TTL: Duration = Duration::from_secs(300);
+
+    /// Tokens of `principal` (`service:crm`) holding `role` (`svc:subjects`).
+    pub fn new(
+        signer: TokenSigner,
+        auth: AuthConfig,
+        principal: &'static str,
+        role: &'static str,
+    ) -> Self {
+        Self {
+            signer,
+            auth,
+            principal,
+            role,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The current token, signed again when half its lifetime has passed.
+    pub fn get(&self) -> ApiResult<String> {
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((token, until)) = cached.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(token.clone());
+        }
+        let claims = Claims::new(
+            &self.auth,
+            self.principal.to_owned(),
+            None,
+            vec![self.role.to_owned()],
+            Self::TTL,
+        );
+        let token = self.signer.sign(&claims)?;
+        *cached = Some((token.clone(), Instant::now() + Self::TTL / 2));
+        Ok(token)
+    }
+}
+
 /// Why a key could not be loaded.
 pub type KeyError = jsonwebtoken::errors::Error;
 
