@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::agents_support::{AgentsTenant, audit, object};
 use crate::harness::{app, assert_bad_field, assert_error, authed};
 
-fn approvals() -> ApprovalServiceClient<Channel> {
+pub(crate) fn approvals() -> ApprovalServiceClient<Channel> {
     ApprovalServiceClient::new(app().channel())
 }
 
@@ -33,7 +33,11 @@ fn email(subject: &str) -> prost_types::Struct {
     object(json!({"to": ["ada@example.com"], "subject": subject, "body": "Hello"}))
 }
 
-async fn draft(t: &AgentsTenant, agent: &str, subject: Option<(SubjectType, Uuid)>) -> Action {
+pub(crate) async fn draft(
+    t: &AgentsTenant,
+    agent: &str,
+    subject: Option<(SubjectType, Uuid)>,
+) -> Action {
     let (subject_type, subject_id) = subject
         .map(|(kind, id)| (kind as i32, id.to_string()))
         .unwrap_or_default();
@@ -87,7 +91,7 @@ fn complete(id: &str, claim: &str, outcome: ActionState) -> CompleteActionReques
     }
 }
 
-async fn get(t: &AgentsTenant, id: &str) -> Action {
+pub(crate) async fn get(t: &AgentsTenant, id: &str) -> Action {
     approvals()
         .get_action(t.as_role(
             "viewer",
@@ -502,6 +506,7 @@ async fn deleting_the_subject_clears_it_and_keeps_the_action() {
             ClearSubjectRequest {
                 subject_type: SubjectType::Contact as i32,
                 subject_id: contact.to_string(),
+                ..Default::default()
             },
         ))
         .await
@@ -686,11 +691,22 @@ async fn another_tenant_reaches_no_action() {
         .clear_subject(b.req(ClearSubjectRequest {
             subject_type: SubjectType::Contact as i32,
             subject_id: subject.to_string(),
+            ..Default::default()
         }))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(cleared.cleared_count, 0);
+    // Naming A's tenant: a member of B is told A does not exist.
+    let named = approvals()
+        .clear_subject(b.req(ClearSubjectRequest {
+            subject_type: SubjectType::Contact as i32,
+            subject_id: subject.to_string(),
+            tenant_id: a.id.to_string(),
+        }))
+        .await
+        .unwrap_err();
+    assert_error(&named, Code::NotFound, "TENANT_NOT_FOUND");
     assert_eq!(get(&a, &id).await.subject_id, subject.to_string());
     // B cannot draft an action for A's agent.
     let foreign = approvals()

@@ -85,6 +85,8 @@ pub(crate) fn env() -> Env {
         .with("MOSAIC_CONVERSATIONS_MONGODB_URL", mongo_url())
         .with("MOSAIC_CONVERSATIONS_CHARGE_SWEEP_MS", "200")
         .with("MOSAIC_CONVERSATIONS_CHARGE_GRACE_MS", "1000")
+        // purge.rs drives crm's subject relay itself, round by round.
+        .with("MOSAIC_CRM_SUBJECT_RELAY_MS", "3600000")
         .with("MOSAIC_VAULT_MASTER_KEY", master_key())
         .with("MOSAIC_VAULT_MASTER_KEY_FILE", "")
         .with("MOSAIC_VAULT_PREVIOUS_MASTER_KEYS", TEST_PREVIOUS_KEYS)

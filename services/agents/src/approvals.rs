@@ -56,6 +56,9 @@ pub(crate) const RESOURCE: Resource<ActionId> = Resource {
 pub const ACTION_EXPIRED: &str = "ACTION_EXPIRED";
 /// Reason of a decision by a member below the tenant's approver role.
 pub const APPROVER_ROLE_REQUIRED: &str = "APPROVER_ROLE_REQUIRED";
+/// The service role that may clear subjects in the tenant a request names
+/// (crm's subject relay, when it purges a contact or deal).
+pub const SUBJECTS_ROLE: &str = "svc:subjects";
 /// The approver role when the tenant's settings name none.
 pub const DEFAULT_APPROVER_ROLE: Role = Role::Admin;
 /// Most actions one `ClaimActions` hands out.
@@ -519,8 +522,14 @@ impl ApprovalService for Approvals {
         req: Request<ClearSubjectRequest>,
     ) -> Result<Response<ClearSubjectResponse>, Status> {
         let ctx = TenantContext::of(&req)?;
-        ctx.require(Role::Member)?;
+        if !ctx.has_service_role(SUBJECTS_ROLE) {
+            ctx.require(Role::Member)?;
+        }
         let request = req.get_ref();
+        let ctx =
+            ctx.for_service_request("tenant_id", &request.tenant_id, SUBJECTS_ROLE, || {
+                ApiError::not_found("TENANT_NOT_FOUND", "tenant not found")
+            })?;
         let (subject_type, subject_id) = (
             parse::enum_value::<SubjectType>("subject_type", request.subject_type).and_then(
                 |subject_type| match subject_type {

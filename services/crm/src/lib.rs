@@ -14,6 +14,8 @@
 //! - [`scores`]: batch upsert and get;
 //! - [`audit`]: `CrmAuditService`, the audit trail every mutation above writes to;
 //! - [`purge`]: what `mosaic purge` removes for each tenant;
+//! - [`subjects`]: the relay that tells agents about purged contacts and
+//!   deals, so approvals naming them have the subject cleared;
 //! - [`ids`]: the id newtypes of crm's resources.
 //!
 //! The standard-method rules (request-id idempotent creates, updates, soft
@@ -41,13 +43,18 @@ pub mod ids;
 pub mod purge;
 pub mod scores;
 pub mod signals;
+pub mod subjects;
 
 pub static MIGRATIONS: Migrations = sqlx::migrate!("../../migrations/crm");
+
+/// The read-only role the relay's cross-tenant read of deleted subjects
+/// switches to.
+pub const PLATFORM_ROLE: &str = "mosaic_crm_platform";
 
 pub const SCHEMA: ServiceSchema = ServiceSchema {
     name: "crm",
     role: "mosaic_crm",
-    extra_roles: &[],
+    extra_roles: &[PLATFORM_ROLE],
     migrations: &MIGRATIONS,
     // 0001 and 0002 before audit_events, idempotency_keys and the fencing
     // moved into the migrator (same objects, written once); 0004 before its
@@ -92,8 +99,16 @@ impl ServiceModule for Crm {
             ActivityServiceServer::new(activities::Activities::new(db.clone())),
             SignalServiceServer::new(signals::Signals::new(db.clone())),
             ScoreServiceServer::new(scores::Scores::new(db.clone())),
-            CrmAuditServiceServer::new(audit::Audit::new(db)),
+            CrmAuditServiceServer::new(audit::Audit::new(db.clone())),
         );
+        let relay = subjects::Relay::new(
+            db.with_platform_role(PLATFORM_ROLE),
+            deps.peers.channel("agents")?,
+            deps.tokens.signer()?,
+            deps.tokens.verify.clone(),
+        );
+        let interval = subjects::Relay::interval(&deps.env)?;
+        service.background("crm-subject-relay", move |stop| relay.run(interval, stop));
         Ok(service)
     }
 
