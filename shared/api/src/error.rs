@@ -271,8 +271,14 @@ impl From<ApiError> for Status {
 }
 
 /// Collects every bad field of a request, so a client learns all of them at once.
+/// An error that is not about a field (a parse that also looked something up
+/// and found it missing, or failed) is kept as it is: the first such error is
+/// what [`Violations::finish`] returns, with its own code.
 #[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
+pub struct Violations {
+    fields: Vec<FieldViolation>,
+    other: Option<ApiError>,
+}
 
 impl Violations {
     pub fn new() -> Self {
@@ -280,7 +286,7 @@ impl Violations {
     }
 
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation {
+        self.fields.push(FieldViolation {
             field: field.into(),
             description: description.into(),
         });
@@ -291,32 +297,40 @@ impl Violations {
         match r {
             Ok(v) => Some(v),
             Err(e) if e.code == Code::InvalidArgument && !e.violations.is_empty() => {
-                self.0.extend(e.violations);
+                self.fields.extend(e.violations);
                 None
             }
-            Err(e) => {
-                self.0.push(FieldViolation {
+            Err(e) if e.code == Code::InvalidArgument => {
+                self.fields.push(FieldViolation {
                     field: String::new(),
                     description: e.message,
                 });
+                None
+            }
+            Err(e) => {
+                self.other.get_or_insert(e);
                 None
             }
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.fields.is_empty() && self.other.is_none()
     }
 
     fn into_error(self) -> ApiError {
+        if let Some(other) = self.other {
+            return other;
+        }
         let mut e = ApiError::new(Code::InvalidArgument, "INVALID_ARGUMENT", "invalid request");
-        e.violations = self.0;
+        e.violations = self.fields;
         e
     }
 
-    /// `Ok(())` when nothing was recorded, else one INVALID_ARGUMENT naming every field.
+    /// `Ok(())` when nothing was recorded; else the first error that is not
+    /// about a field, as it was; else one INVALID_ARGUMENT naming every field.
     pub fn finish(self) -> ApiResult<()> {
-        if self.0.is_empty() {
+        if self.is_empty() {
             Ok(())
         } else {
             Err(self.into_error())
@@ -327,6 +341,23 @@ impl Violations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_that_is_not_about_a_field_keeps_its_code() {
+        let missing: ApiResult<()> = Err(ApiError::not_found("AGENT_NOT_FOUND", "agent not found"));
+        let bad: ApiResult<()> = Err(ApiError::invalid_argument("name", "required"));
+        let e = (bad, missing).all_ok().unwrap_err();
+        assert_eq!(e.code, Code::NotFound);
+        assert_eq!(e.reason, "AGENT_NOT_FOUND");
+        let (one, two): (ApiResult<()>, ApiResult<()>) = (
+            Err(ApiError::invalid_argument("a", "required")),
+            Err(ApiError::invalid_argument("b", "required")),
+        );
+        let e = (one, two).all_ok().unwrap_err();
+        assert_eq!(e.code, Code::InvalidArgument);
+        let fields: Vec<_> = e.violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["a", "b"]);
+    }
 
     #[test]
     fn status_carries_reason_and_fields() {
