@@ -16,7 +16,7 @@ use tonic::Streaming;
 use crate::conversations_support::{
     ConvTenant, append_request, conversations, messages, messages_on, raw_find,
 };
-use crate::harness::{app, assert_bad_field, assert_error, suite_with};
+use crate::harness::{app, assert_bad_field, assert_error, authed, suite_with};
 
 #[tokio::test]
 async fn an_append_is_idempotent_under_eight_racing_retries() {
@@ -111,6 +111,42 @@ async fn read(stream: &mut Streaming<TailMessagesResponse>, n: usize) -> Vec<Tai
         out.push(next);
     }
     out
+}
+
+#[tokio::test]
+async fn a_tail_ends_when_its_token_runs_out() {
+    let t = ConvTenant::new().await;
+    let c = t.start().await;
+    let short = app().token_for(
+        Some(t.id),
+        &format!("user:{}", uuid::Uuid::now_v7()),
+        &["viewer"],
+        Duration::from_secs(3),
+    );
+    let opened = std::time::Instant::now();
+    let mut stream = messages()
+        .tail_messages(authed(
+            TailMessagesRequest {
+                conversation_id: c.conversation_id.clone(),
+                ..Default::default()
+            },
+            &short,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let sent = t.append(&c, "before the token runs out").await;
+    assert_eq!(ids(&read(&mut stream, 1).await), [sent.message_id]);
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the tail outlived its token")
+        .expect_err("the tail ends with an error");
+    assert_error(&end, Code::Unauthenticated, "TOKEN_EXPIRED");
+    let lived = opened.elapsed();
+    assert!(
+        lived >= Duration::from_secs(1) && lived < Duration::from_secs(5),
+        "{lived:?}"
+    );
 }
 
 fn ids(items: &[TailMessagesResponse]) -> Vec<String> {

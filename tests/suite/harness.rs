@@ -172,12 +172,23 @@ impl App {
     }
 
     pub(crate) fn token(&self, tenant: Option<TenantId>, sub: &str, roles: &[&str]) -> String {
+        self.token_for(tenant, sub, roles, Duration::from_secs(600))
+    }
+
+    /// A token valid for `ttl` only.
+    pub(crate) fn token_for(
+        &self,
+        tenant: Option<TenantId>,
+        sub: &str,
+        roles: &[&str],
+        ttl: Duration,
+    ) -> String {
         let claims = Claims::new(
             &self.auth,
             sub.to_owned(),
             tenant,
             roles.iter().map(|r| (*r).to_owned()).collect(),
-            Duration::from_secs(600),
+            ttl,
         );
         self.signer.sign(&claims).expect("sign")
     }

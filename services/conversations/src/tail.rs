@@ -17,7 +17,10 @@
 //! backlog stays in MongoDB), and a client that has not read for
 //! [`STALL_MS`] (30 s) is ended with ABORTED `TAIL_BEHIND` after the
 //! messages already buffered (reconnect with the last cursor). On
-//! shutdown the stream ends at once with UNAVAILABLE.
+//! shutdown the stream ends at once with UNAVAILABLE. A tail lives no longer
+//! than the token it was opened with: when the token runs out the stream ends
+//! with UNAUTHENTICATED `TOKEN_EXPIRED` (reconnect with a fresh token and the
+//! last cursor), so access that ended is not kept open by a stream.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -129,7 +132,12 @@ pub fn start(
             stop,
             stall,
         };
-        if let Some(end) = tail.run(from).await {
+        let token_left = tail.ctx.token_valid_for().unwrap_or(Duration::MAX);
+        let ended = tokio::select! {
+            ended = tail.run(from) => ended,
+            () = sleep_for(token_left) => Some(token_expired()),
+        };
+        if let Some(end) = ended {
             let _ = end_tx.send(end);
         }
     });
@@ -150,6 +158,22 @@ struct Tailer {
 
 /// Why sending stopped: the status to end with, or `None` when the client left.
 type Ended = Option<Status>;
+
+fn token_expired() -> Status {
+    ApiError::unauthenticated(
+        "TOKEN_EXPIRED",
+        "the token this tail was opened with has expired; reconnect with a fresh one and the last cursor",
+    )
+    .into()
+}
+
+/// Sleeps for `d`, or for ever when `d` is too long for the timer.
+async fn sleep_for(d: Duration) {
+    match tokio::time::Instant::now().checked_add(d) {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 fn shutting_down() -> Status {
     ApiError::unavailable(

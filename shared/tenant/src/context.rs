@@ -54,6 +54,7 @@ pub const SERVICE_ROLE_PREFIX: &str = "svc:";
 #[derive(Debug, Clone)]
 pub struct TenantContext(Arc<Inner>);
 
+#[derive(Clone)]
 struct Inner {
     tenant: Option<TenantId>,
     principal: String,
@@ -65,6 +66,9 @@ struct Inner {
     traceparent: String,
     token: String,
     deadline: Option<Instant>,
+    /// When the token runs out (`exp`, Unix seconds), for calls that outlive
+    /// their start (a tail).
+    token_exp: Option<u64>,
 }
 
 /// Everything but the token, which is a credential and never printed.
@@ -106,7 +110,26 @@ impl TenantContext {
             traceparent,
             token,
             deadline,
+            token_exp: None,
         }))
+    }
+
+    /// The same context, knowing when its token runs out.
+    pub(crate) fn with_token_exp(mut self, exp: u64) -> Self {
+        Arc::make_mut(&mut self.0).token_exp = Some(exp);
+        self
+    }
+
+    /// How long the caller's token stays valid, when the call came with one:
+    /// a stream that outlives it must end (UNAUTHENTICATED `TOKEN_EXPIRED`).
+    pub fn token_valid_for(&self) -> Option<Duration> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.0
+            .token_exp
+            .map(|exp| Duration::from_secs(exp.saturating_sub(now)))
     }
 
     /// The context put on a request by the auth layer. A request that reached a
@@ -233,18 +256,9 @@ impl TenantContext {
         if !self.0.platform_admin {
             return Err(not_found());
         }
-        let i = &self.0;
-        Ok(Self::new(
-            Some(tenant),
-            i.principal.clone(),
-            i.role,
-            true,
-            i.service_roles.clone(),
-            i.request_id.clone(),
-            i.traceparent.clone(),
-            i.token.clone(),
-            i.deadline,
-        ))
+        let mut scoped = self.clone();
+        Arc::make_mut(&mut scoped.0).tenant = Some(tenant);
+        Ok(scoped)
     }
 
     /// The context for acting on `tenant` as the holder of the service role
@@ -263,18 +277,10 @@ impl TenantContext {
         if !self.has_service_role(role) {
             return Err(not_found());
         }
-        let i = &self.0;
-        Ok(Self::new(
-            Some(tenant),
-            i.principal.clone(),
-            None,
-            false,
-            i.service_roles.clone(),
-            i.request_id.clone(),
-            i.traceparent.clone(),
-            i.token.clone(),
-            i.deadline,
-        ))
+        let mut scoped = self.clone();
+        let i = Arc::make_mut(&mut scoped.0);
+        (i.tenant, i.role, i.platform_admin) = (Some(tenant), None, false);
+        Ok(scoped)
     }
 
     /// The context a request that may name a tenant (`tenant_id`, empty

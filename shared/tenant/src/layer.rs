@@ -238,7 +238,8 @@ impl<S> Auth<S> {
             traceparent,
             token.to_owned(),
             deadline,
-        );
+        )
+        .with_token_exp(claims.exp);
         Ok((ctx, claims))
     }
 }
