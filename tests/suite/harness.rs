@@ -105,6 +105,36 @@ pub(crate) fn mongo_url() -> &'static str {
     })
 }
 
+/// Drops the databases of test runs that began more than two hours ago
+/// (their names carry the UUIDv7 of their start): a run cannot drop its own
+/// afterwards (a test binary has no end hook), and a local server that keeps
+/// every run's database grows slow. Best effort: an error leaves them.
+async fn drop_stale_mongo_databases() {
+    let server = mongo_url()
+        .rsplit_once('/')
+        .map_or("", |(server, _)| server);
+    let Ok(client) = mongodb::Client::with_uri_str(server).await else {
+        return;
+    };
+    let Ok(names) = client.list_database_names().await else {
+        return;
+    };
+    let cutoff = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    for name in names {
+        let started = name
+            .strip_prefix("mosaic_test_")
+            .and_then(|id| Uuid::try_parse(id).ok())
+            .and_then(|id| id.get_timestamp())
+            .map(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                std::time::UNIX_EPOCH + Duration::new(secs, nanos)
+            });
+        if started.is_some_and(|at| at < cutoff) {
+            let _ = client.database(&name).drop().await;
+        }
+    }
+}
+
 /// Bootstraps and migrates the test database (idempotent; safe in parallel).
 pub(crate) async fn migrate(env: &Env) {
     mosaic::migrate(env).await.expect("migrate");
@@ -136,6 +166,7 @@ pub(crate) fn app() -> &'static App {
                 .expect("runtime");
             rt.block_on(async move {
                 migrate(&suite_env).await;
+                drop_stale_mongo_databases().await;
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .expect("bind");
