@@ -891,3 +891,37 @@ async fn billing_an_adjustment_corrects_the_balance_by_a_new_entry() {
     );
     assert_eq!(t.reconcile().await.drift_total, 0);
 }
+
+#[tokio::test]
+async fn reconciling_every_account_reads_them_all_in_batches() {
+    // More accounts than two of Reconcile's batches (200 each), put in by hand
+    // (balance 0, no ledger: no drift) and taken out again.
+    let ids: Vec<uuid::Uuid> = (0..450).map(|_| uuid::Uuid::now_v7()).collect();
+    let mut db = app().admin_db().await;
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM billing.accounts")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO billing.accounts (tenant_id) SELECT unnest($1::uuid[])")
+        .bind(&ids)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let every = credits()
+        .reconcile(authed(ReconcileRequest::default(), &app().platform_token()))
+        .await;
+    sqlx::query("DELETE FROM billing.accounts WHERE tenant_id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let every = every.unwrap().into_inner();
+    assert!(
+        every.accounts_checked >= before + ids.len() as i64,
+        "{} checked, {before} + {} there",
+        every.accounts_checked,
+        ids.len()
+    );
+    let ours: std::collections::HashSet<String> = ids.iter().map(|id| id.to_string()).collect();
+    assert!(!every.drifted.iter().any(|d| ours.contains(&d.tenant_id)));
+}

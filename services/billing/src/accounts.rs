@@ -45,32 +45,40 @@ pub async fn reconcile(
     ctx: &TenantContext,
     one: bool,
 ) -> ApiResult<ReconcileResponse> {
-    let rows: Vec<ReconcileRow> = if one {
+    let mut reply = ReconcileResponse::default();
+    let mut check = |rows: Vec<ReconcileRow>| {
+        reply.accounts_checked += rows.len() as i64;
+        for row in rows {
+            let drift = row.drift();
+            reply.drift_total += drift;
+            if drift != 0 && reply.drifted.len() < MAX_DRIFTED {
+                reply.drifted.push(row.into_proto());
+            }
+        }
+    };
+    if one {
         let rows: Vec<ReconcileRow> = db.read(ctx, storage::reconcile_one()).await?;
         if rows.is_empty() {
             return Err(ACCOUNT.not_found());
         }
-        rows
+        check(rows);
     } else {
-        let mut tx = db.begin_platform(ctx).await?;
-        let rows = storage::reconcile_all(&mut tx).await?;
-        tx.commit().await?;
-        rows
-    };
-    let accounts_checked = rows.len() as i64;
-    let drift_total = rows.iter().map(ReconcileRow::drift).sum();
-    let drifted = rows
-        .into_iter()
-        .filter(|row| row.drift() != 0)
-        .take(MAX_DRIFTED)
-        .map(ReconcileRow::into_proto)
-        .collect::<Vec<_>>();
-    if drift_total != 0 {
-        tracing::error!(drift_total, accounts = drifted.len(), "ledger drift found");
+        let mut after = None;
+        loop {
+            let mut tx = db.begin_platform(ctx).await?;
+            let rows = storage::reconcile_batch(&mut tx, after).await?;
+            tx.commit().await?;
+            let full = rows.len() as i64 == storage::RECONCILE_BATCH;
+            after = rows.last().map(|row| row.tenant_id);
+            check(rows);
+            if !full {
+                break;
+            }
+        }
     }
-    Ok(ReconcileResponse {
-        accounts_checked,
-        drift_total,
-        drifted,
-    })
+    let (drift_total, drifted) = (reply.drift_total, reply.drifted.len());
+    if drift_total != 0 {
+        tracing::error!(drift_total, accounts = drifted, "ledger drift found");
+    }
+    Ok(reply)
 }

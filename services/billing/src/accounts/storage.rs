@@ -136,12 +136,23 @@ pub(crate) fn reconcile_one() -> Select {
     Select::new(format!("{RECONCILE} WHERE a.tenant_id = $tenant"))
 }
 
-/// Every account, reconciled, through the platform role.
-pub(crate) async fn reconcile_all(
+/// Accounts reconciled per statement by [`reconcile_batch`].
+pub(crate) const RECONCILE_BATCH: i64 = 200;
+
+/// Up to [`RECONCILE_BATCH`] accounts after `after` in tenant order,
+/// reconciled, through the platform role. One statement per batch, so the
+/// whole ledger is never one statement (which the statement timeout ends
+/// on a large database); each account is read in one snapshot.
+pub(crate) async fn reconcile_batch(
     tx: &mut mosaic_db::pool::PlatformTx,
+    after: Option<TenantId>,
 ) -> ApiResult<Vec<ReconcileRow>> {
-    sqlx::query_as(RECONCILE)
-        .fetch_all(tx.conn())
-        .await
-        .map_err(db_error)
+    sqlx::query_as(&format!(
+        "{RECONCILE} WHERE $1::uuid IS NULL OR a.tenant_id > $1 ORDER BY a.tenant_id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(RECONCILE_BATCH)
+    .fetch_all(tx.conn())
+    .await
+    .map_err(db_error)
 }
