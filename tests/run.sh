@@ -38,6 +38,12 @@ export MOSAIC_ADMIN_DATABASE_URL=${MOSAIC_ADMIN_DATABASE_URL:-postgres://mosaic_
 if [ "$lint" = 1 ]; then
   step "buf lint"
   (cd proto && ../.venv/bin/buf lint)
+  step "buf breaking (against the previous commit)"
+  if git rev-parse --verify --quiet HEAD~1 >/dev/null; then
+    .venv/bin/buf breaking proto --against ".git#ref=HEAD~1,subdir=proto"
+  else
+    echo "buf breaking: no previous commit (a shallow clone); skipped"
+  fi
   step "kubernetes manifests"
   bash deploy/k8s/validate.sh
   step "cargo clippy"

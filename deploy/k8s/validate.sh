@@ -11,7 +11,9 @@
 #   3. that no placeholder of the service template (mosaic-template) is left in
 #      the base or an overlay: a service directory that forgot its component
 #      label or its `transformers:` line would leave mosaic-template names,
-#      labels and selectors behind.
+#      labels and selectors behind;
+#   4. the policy of deploy/k8s/policy.py on each overlay's render (probes,
+#      grace period, resources, non-root, read-only root, PDB, NetworkPolicy).
 # Needs .venv from deploy/local/setup.sh (kubernetes-validate, kubectl).
 set -euo pipefail
 
@@ -44,6 +46,7 @@ validate "${files[@]}"
 rendered=$(mktemp -d)
 trap 'rm -rf "$rendered"' EXIT
 renders=0
+overlays=()
 while IFS= read -r kustomization; do
   dir=$(dirname "$kustomization")
   name=${dir#"$k8s/"}
@@ -58,7 +61,10 @@ while IFS= read -r kustomization; do
       fi
       ;;
   esac
+  case $name in overlays/*) overlays+=("$out") ;; esac
   renders=$((renders + 1))
 done < <(find "$k8s" -name transformers -prune -o -name kustomization.yaml -print | sort)
+
+"$bin/python" "$k8s/policy.py" "${overlays[@]}"
 
 echo "k8s: ${#files[@]} files and $renders kustomize renders valid against ${versions[*]}"
