@@ -14,17 +14,21 @@
 //! - [`ids`]: [`TenantId`] and [`define_id!`] for the other id newtypes.
 //! - [`keys`]: names that carry a tenant, such as Redis keys with the tenant
 //!   as the Redis Cluster hash tag.
+//! - [`log_every`]: [`LogEvery`], a warning said once per interval with a
+//!   count (what an outage that fails every call logs).
 
 pub mod env;
 pub mod error;
 pub mod ids;
 pub mod keys;
+pub mod log_every;
 pub mod metrics;
 pub mod probe;
 
 pub use env::{ConfigError, Env, Secret};
 pub use error::{Context, StartupError};
 pub use ids::TenantId;
+pub use log_every::LogEvery;
 pub use metrics::{GaugeFn, Metrics};
 pub use probe::{Probe, ProbeFuture, ProbeResult};
 

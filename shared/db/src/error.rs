@@ -1,6 +1,9 @@
 //! SQLSTATE → gRPC. SQL text and driver messages are logged, never returned.
 
+use std::time::Duration;
+
 use mosaic_api::ApiError;
+use mosaic_core::LogEvery;
 
 /// The SQLSTATE codes this crate maps (PostgreSQL appendix A).
 pub mod sqlstate {
@@ -41,6 +44,15 @@ pub struct Constraint {
     pub reason: &'static str,
 }
 
+/// How often an outage's cause is logged: while the database is down every
+/// call fails the same way, and one line per call (1,500 in a 3 s restart
+/// under load) would bury everything else. Each cause is said once per
+/// interval, with how many calls it held back (`suppressed`).
+const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+static UNREACHABLE: LogEvery = LogEvery::new(OUTAGE_LOG_INTERVAL);
+static POOL_EXHAUSTED: LogEvery = LogEvery::new(OUTAGE_LOG_INTERVAL);
+static UNAVAILABLE: LogEvery = LogEvery::new(OUTAGE_LOG_INTERVAL);
+
 /// Maps a driver error with no service-specific constraints.
 #[track_caller]
 pub fn db_error(e: sqlx::Error) -> ApiError {
@@ -52,11 +64,12 @@ pub fn db_error(e: sqlx::Error) -> ApiError {
 pub fn db_error_with(e: sqlx::Error, constraints: &[Constraint]) -> ApiError {
     match &e {
         sqlx::Error::PoolTimedOut => {
-            tracing::warn!("database pool exhausted");
+            POOL_EXHAUSTED.log(|suppressed| tracing::warn!(suppressed, "database pool exhausted"));
             return ApiError::unavailable("DB_UNAVAILABLE", "the database is busy; retry shortly");
         }
         sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
-            tracing::warn!(error = %e, "database unreachable");
+            UNREACHABLE
+                .log(|suppressed| tracing::warn!(error = %e, suppressed, "database unreachable"));
             return ApiError::unavailable(
                 "DB_UNAVAILABLE",
                 "the database is unreachable; retry shortly",
@@ -122,6 +135,9 @@ pub fn db_error_with(e: sqlx::Error, constraints: &[Constraint]) -> ApiError {
                     return ApiError::deadline_exceeded("the database statement took too long");
                 }
                 TOO_MANY_CONNECTIONS | ADMIN_SHUTDOWN | CRASH_SHUTDOWN | CANNOT_CONNECT_NOW => {
+                    UNAVAILABLE.log(|suppressed| {
+                        tracing::warn!(sqlstate = %code, suppressed, "database unavailable");
+                    });
                     return ApiError::unavailable(
                         "DB_UNAVAILABLE",
                         "the database is unavailable; retry shortly",

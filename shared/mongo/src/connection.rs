@@ -2,16 +2,16 @@
 //! indexes created on first contact, a health probe, and the mapping of
 //! driver errors to gRPC.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mongodb::bson::{Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
 use mosaic_api::ApiError;
-use mosaic_core::{ConfigError, Env, Probe, ProbeFuture, Secret};
+use mosaic_core::{ConfigError, Env, LogEvery, Probe, ProbeFuture, Secret};
 use tokio::sync::OnceCell;
 
 use crate::fenced::Fenced;
@@ -278,39 +278,6 @@ pub fn mongo_error(e: &mongodb::error::Error) -> ApiError {
     }
 }
 
-/// A warning said at most once per interval, with how many were held back.
-pub(crate) struct LogEvery {
-    every: Duration,
-    last: Mutex<Option<Instant>>,
-    held: AtomicU64,
-}
-
-impl LogEvery {
-    pub(crate) fn new(every: Duration) -> Self {
-        Self {
-            every,
-            last: Mutex::new(None),
-            held: AtomicU64::new(0),
-        }
-    }
-
-    /// Runs `say(held back since the last time)` unless it ran within the interval.
-    pub(crate) fn log(&self, say: impl FnOnce(u64)) {
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < self.every) {
-            self.held.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        *last = Some(now);
-        drop(last);
-        say(self.held.swap(0, Ordering::Relaxed));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,19 +291,6 @@ mod tests {
         let ok =
             MongoConfig::from_env(&Env::from_pairs::<&str, &str>([]), "conversations").unwrap();
         assert_eq!(ok.url.expose(), DEFAULT_URL);
-    }
-
-    #[test]
-    fn outages_are_logged_once_per_interval_with_a_count() {
-        let every = LogEvery::new(Duration::from_secs(3600));
-        let mut said = Vec::new();
-        for _ in 0..5 {
-            every.log(|held| said.push(held));
-        }
-        assert_eq!(said, [0]);
-        *every.last.lock().unwrap() = None;
-        every.log(|held| said.push(held));
-        assert_eq!(said, [0, 4]);
     }
 
     #[test]
