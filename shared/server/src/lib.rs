@@ -13,6 +13,8 @@
 //!   limits, serving, draining, closing; and `migrate`.
 //! - [`cli`]: the `serve` flags ([`ServeArgs`]) and how binaries exit.
 //! - [`config`]: [`ServerConfig`], the `MOSAIC_*` serving settings.
+//! - [`framing_layer`]: [`FramingLayer`], a wrong content-type or a
+//!   truncated frame answered INVALID_ARGUMENT `MALFORMED_REQUEST`.
 //! - [`telemetry`]: JSON (or text) logs; every line inside a call carries its
 //!   tenant and request id ([`init_logging`]).
 //! - [`metrics`]: the gRPC call metrics and the `GET /metrics` side port.
@@ -27,6 +29,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod framing_layer;
 pub mod health;
 mod incoming;
 pub mod metrics;
@@ -41,6 +44,7 @@ pub mod telemetry;
 
 pub use cli::{ServeArgs, report, service_main};
 pub use config::ServerConfig;
+pub use framing_layer::FramingLayer;
 pub use health::{Health, HealthGroup, LIVENESS};
 pub use metrics::{CallMetrics, serve_metrics};
 pub use metrics_layer::{ClientGone, MetricsLayer};

@@ -1,8 +1,9 @@
 //! [`serve`]: one gRPC server with everything around the services' routes.
 //!
 //! Layers, outermost first: [`MetricsLayer`] (sees every call, including
-//! those the auth layer refuses), [`AuthLayer`], then the router with the
-//! services plus health and reflection.
+//! those the auth layer refuses), [`FramingLayer`] (a wrong content-type or
+//! a truncated frame is the sender's INVALID_ARGUMENT), [`AuthLayer`], the
+//! rate limit, then the router with the services plus health and reflection.
 //!
 //! Shutdown, when the `shutdown` future completes: health goes NOT_SERVING,
 //! the [`Shutdown`] handle fires (handlers end their streams), the listener
@@ -22,6 +23,7 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 
 use crate::config::ServerConfig;
+use crate::framing_layer::FramingLayer;
 use crate::health::Health;
 use crate::metrics::{CallMetrics, serve_metrics};
 use crate::metrics_layer::MetricsLayer;
@@ -176,6 +178,7 @@ pub async fn serve(
     let force_close = CancellationToken::new();
     let server = Server::builder()
         .layer(MetricsLayer::new(calls, methods))
+        .layer(FramingLayer)
         .layer(match access {
             Some(access) => AuthLayer::new(verifier, public).with_access(access),
             None => AuthLayer::new(verifier, public),
