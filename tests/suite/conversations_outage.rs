@@ -3,8 +3,6 @@
 //! NOT_SERVING, the other services of the same process keep working, and
 //! everything recovers when MongoDB is back.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mosaic_proto::conversations::GetConversationRequest;
@@ -14,88 +12,10 @@ use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-use uuid::Uuid;
 
 use crate::conversations_support::{ConvTenant, conversations_on};
 use crate::harness::{app, suite_with};
-
-/// A MongoDB-wire server of this test's own: SecantusDB from the setup's
-/// `.venv` (or the command in `MOSAIC_TEST_MONGOD`, given `--host`, `--port`
-/// and `--storage-path`), killed and its data removed when dropped.
-struct OwnMongo {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl OwnMongo {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("mosaic-mongo-{}", Uuid::now_v7().simple()));
-        let mut own = Self {
-            port,
-            dir,
-            child: None,
-        };
-        own.up();
-        own
-    }
-
-    fn up(&mut self) {
-        let mut command = match std::env::var("MOSAIC_TEST_MONGOD") {
-            Ok(program) => Command::new(program),
-            Err(_) => {
-                let mut secantus = Command::new(format!(
-                    "{}/.venv/bin/secantusd-py",
-                    env!("CARGO_MANIFEST_DIR")
-                ));
-                // Acknowledged writes survive the kill below, as with a journal.
-                secantus.arg("--sync-on-commit");
-                secantus
-            }
-        };
-        let child = command
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .arg("--storage-path")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the MongoDB-wire server (run deploy/local/setup.sh)");
-        self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "own MongoDB never listened"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Kills the server (as a crash would).
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/outage", self.port)
-    }
-}
-
-impl Drop for OwnMongo {
-    fn drop(&mut self) {
-        self.down();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use crate::own_mongo::OwnMongo;
 
 async fn status(channel: &Channel, service: &str) -> i32 {
     HealthClient::new(channel.clone())

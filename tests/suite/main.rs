@@ -7,6 +7,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod harness;
+/// A MongoDB-wire server of a test's own (shared with the fault card).
+#[path = "../support/own_mongo.rs"]
+mod own_mongo;
+#[path = "../support/ports.rs"]
+mod ports;
 /// Redis servers of a test's own (shared with `mosaic-cache`'s tests).
 #[path = "../../shared/cache/tests/support/mod.rs"]
 mod redis_support;
