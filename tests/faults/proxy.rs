@@ -76,7 +76,8 @@ impl Proxy {
         let was = *self.mode.borrow();
         self.mode.send_replace(mode);
         if mode == Mode::Refuse && was != Mode::Refuse {
-            if let Some(task) = self.acceptor.lock().expect("acceptor").take() {
+            let task = self.acceptor.lock().expect("acceptor").take();
+            if let Some(task) = task {
                 task.abort();
                 let _ = task.await;
             }

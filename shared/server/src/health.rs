@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use mosaic_core::Probe;
+use mosaic_core::{LogEvery, Probe};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -182,21 +182,32 @@ fn status(serving: bool) -> ServingStatus {
     }
 }
 
+/// A failing probe is asked again every probe interval for as long as its
+/// dependency is down; its cause is logged once per 10 s with a count
+/// (`suppressed`), and each change of health once (`health changed`).
+static PROBE_FAILED: LogEvery = LogEvery::new(Duration::from_secs(10));
+static PROBE_TIMED_OUT: LogEvery = LogEvery::new(Duration::from_secs(10));
+
 /// Runs all probes at once; `true` when every one passes in time.
 async fn check_all(probes: &[Arc<dyn Probe>]) -> bool {
     let results = futures::future::join_all(probes.iter().map(|p| async move {
         match tokio::time::timeout(PROBE_TIMEOUT, p.check()).await {
             Ok(Ok(())) => true,
             Ok(Err(error)) => {
-                tracing::warn!(probe = p.name(), %error, "health probe failed");
+                PROBE_FAILED.log(|suppressed| {
+                    tracing::warn!(probe = p.name(), %error, suppressed, "health probe failed");
+                });
                 false
             }
             Err(_) => {
-                tracing::warn!(
-                    probe = p.name(),
-                    timeout_ms = PROBE_TIMEOUT.as_millis() as u64,
-                    "health probe timed out"
-                );
+                PROBE_TIMED_OUT.log(|suppressed| {
+                    tracing::warn!(
+                        probe = p.name(),
+                        timeout_ms = PROBE_TIMEOUT.as_millis() as u64,
+                        suppressed,
+                        "health probe timed out"
+                    );
+                });
                 false
             }
         }
