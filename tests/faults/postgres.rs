@@ -100,9 +100,10 @@ impl Postgres {
     }
 
     fn as_owner(&self, program: &str) -> Command {
+        let program = pg_bin(program);
         if self.as_postgres {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", program]);
+            c.args(["-u", "postgres", "--"]).arg(program);
             c
         } else {
             Command::new(program)
@@ -194,6 +195,34 @@ impl Drop for Postgres {
         self.thaw();
         let _ = self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
     }
+}
+
+/// A PostgreSQL program: on the PATH, else from the newest
+/// `/usr/lib/postgresql/<version>/bin` (Debian's packages keep them there).
+fn pg_bin(program: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    });
+    if let Some(found) = on_path {
+        return found;
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin").join(program);
+            bin.is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .unwrap_or_else(|| PathBuf::from(program))
 }
 
 fn signal(pid: i32, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
