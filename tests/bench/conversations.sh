@@ -15,7 +15,8 @@
 #      and billing) on it; makes a tenant and an enabled agent;
 #   3. runs conversations_bench at each BENCH_CONCURRENCY: AppendMessage over gRPC vs
 #      the raw driver's insert_one of the same document into a collection with the
-#      same indexes, ListMessages (a page of 50) vs the raw find, alternating rounds;
+#      same indexes, and vs the raw driver's two commands of a checked append (the
+#      conversation's conditional find_one_and_update, then the insert_one), ListMessages (a page of 50) vs the raw find, alternating rounds;
 #      then the tail latency from an acknowledged append to its arrival (p50, p99);
 #   4. prints the figures and the ratios.
 #
@@ -64,14 +65,16 @@ agent=$(bench_grpc "$BENCH_TENANT_TOKEN" mosaic.agents.v1.AgentService/CreateAge
 [ -n "$agent" ] || bench_die "CreateAgent failed"
 
 printf '\nconversations vs the raw mongodb driver, same server (%s)\n' "${BENCH_MONGO_URL:-SecantusDB in memory}"
-printf '%-4s %-26s %10s %10s %7s\n' c call grpc/s raw/s ratio
+printf '%-4s %-34s %10s %10s %7s\n' c call grpc/s raw/s ratio
 for c in "${concurrency[@]}"; do
   out=$("$TOOL" "127.0.0.1:$BENCH_GRPC_PORT" "$BENCH_TENANT_TOKEN" "$agent" "$mongo/bench_raw_${run}_$c" "$c" "$appends") ||
     bench_die "conversations_bench failed: $out"
   get() { printf '%s\n' "$out" | sed -n "s/^$1=//p"; }
-  printf '%-4s %-26s %10s %10s %7s\n' "$c" "AppendMessage / insert_one" "$(get append_grpc_per_s)" "$(get append_raw_per_s)" \
+  printf '%-4s %-34s %10s %10s %7s\n' "$c" "AppendMessage / insert_one" "$(get append_grpc_per_s)" "$(get append_raw_per_s)" \
     "$(bench_ratio "$(get append_grpc_per_s)" "$(get append_raw_per_s)")x"
-  printf '%-4s %-26s %10s %10s %7s\n' "$c" "ListMessages(50) / find" "$(get page_grpc_per_s)" "$(get page_raw_per_s)" \
+  printf '%-4s %-34s %10s %10s %7s\n' "$c" "AppendMessage / checked append" "$(get append_grpc_per_s)" \
+    "$(get append_raw_checked_per_s)" "$(bench_ratio "$(get append_grpc_per_s)" "$(get append_raw_checked_per_s)")x"
+  printf '%-4s %-34s %10s %10s %7s\n' "$c" "ListMessages(50) / find" "$(get page_grpc_per_s)" "$(get page_raw_per_s)" \
     "$(bench_ratio "$(get page_grpc_per_s)" "$(get page_raw_per_s)")x"
   printf '%-4s tail: acknowledged append -> arrival on an open tail: p50 %s ms, p99 %s ms\n' "$c" \
     "$(get tail_p50_ms)" "$(get tail_p99_ms)"

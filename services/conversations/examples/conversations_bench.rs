@@ -12,7 +12,11 @@
 //! 1. appends: N raw `insert_one`s of a message-shaped document vs N
 //!    AppendMessage calls (each task its own conversation, a fresh client id
 //!    per call, no AI usage), in alternating rounds (a MongoDB-wire server
-//!    may slow down as it grows; alternating spreads that over both);
+//!    may slow down as it grows; alternating spreads that over both); and a
+//!    third side, the raw driver doing the two commands a checked append
+//!    needs: the conditional `find_one_and_update` of the conversation
+//!    (ACTIVE, `$inc` of its next seq and count, returning the seq) and then
+//!    the `insert_one`;
 //! 2. pages: one page of 50 of one conversation, the raw `find` (tenant,
 //!    conversation, seq > 0, sorted by seq, limit 51) vs ListMessages
 //!    (page_size 50), for the same number of calls, alternating;
@@ -180,15 +184,55 @@ async fn main() -> Result<()> {
         ),
     ])
     .await?;
+    let raw_conversations = client
+        .default_database()
+        .ok_or("MONGO_URL names no database")?
+        .collection::<Document>("conversations");
     let tenant = Uuid::now_v7().to_string();
+    for task in 0..conc {
+        raw_conversations
+            .insert_one(doc! {
+                "_id": format!("checked-{task}"),
+                "tenant_id": &tenant,
+                "status": "active",
+                "next_seq": 0_i64,
+                "message_count": 0_i64,
+                "threads": [],
+            })
+            .await?;
+    }
 
     // 1. appends
     let mut conversations = Vec::new();
     for _ in 0..conc {
         conversations.push(start(channel.clone(), token, agent).await?);
     }
-    let (mut raw_secs, mut grpc_secs) = (0.0, 0.0);
+    let (mut raw_secs, mut checked_secs, mut grpc_secs) = (0.0, 0.0, 0.0);
     for round in 0..ROUNDS {
+        let (raw_c, checked, tenant_c) = (raw.clone(), raw_conversations.clone(), tenant.clone());
+        checked_secs += run(conc, per_round, move |task, _| {
+            let (raw, checked, tenant) = (raw_c.clone(), checked.clone(), tenant_c.clone());
+            async move {
+                let placed = checked
+                    .find_one_and_update(
+                        doc! {
+                            "tenant_id": &tenant,
+                            "_id": format!("checked-{task}"),
+                            "status": "active",
+                        },
+                        doc! { "$inc": { "next_seq": 1_i64, "message_count": 1_i64 } },
+                    )
+                    .projection(doc! { "next_seq": 1 })
+                    .return_document(mongodb::options::ReturnDocument::After)
+                    .await?
+                    .ok_or("the conversation is not active")?;
+                let seq = placed.get_i64("next_seq")?;
+                raw.insert_one(raw_message(&tenant, &format!("checked-{task}"), seq))
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
         let (raw, tenant) = (raw.clone(), tenant.clone());
         raw_secs += run(conc, per_round, move |task, i| {
             let (raw, tenant) = (raw.clone(), tenant.clone());
@@ -222,6 +266,7 @@ async fn main() -> Result<()> {
     }
     let calls = (conc * per_round * ROUNDS) as f64;
     println!("append_raw_per_s={:.0}", calls / raw_secs);
+    println!("append_raw_checked_per_s={:.0}", calls / checked_secs);
     println!("append_grpc_per_s={:.0}", calls / grpc_secs);
 
     // 2. pages of 50 (every conversation has at least `ROUNDS * per_round` messages).
