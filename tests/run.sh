@@ -46,6 +46,8 @@ if [ "$lint" = 1 ]; then
   fi
   step "kubernetes manifests"
   bash deploy/k8s/validate.sh
+  step "prometheus rules (promtool check + unit tests)"
+  bash deploy/prometheus/check.sh
   step "cargo clippy"
   cargo clippy --workspace --all-targets --locked -- -D warnings
   step "unused dependencies (cargo-machete)"

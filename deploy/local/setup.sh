@@ -83,6 +83,9 @@ command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
 # Cluster tests start redis-servers of their own on free ports.
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v h2load >/dev/null 2>&1 || packages+=(nghttp2-client)
+# promtool checks and unit-tests deploy/prometheus/rules.yml (tests/run.sh);
+# prometheus itself serves tests/observability/prometheus.sh.
+{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || packages+=(prometheus)
 if ! command -v python3 >/dev/null 2>&1; then
   packages+=(python3 python3-venv)
 elif [ ! -x "$venv/bin/python" ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
