@@ -55,4 +55,5 @@ mod rate_limit;
 mod read_lane;
 mod roles;
 mod shutdown;
+mod traces;
 mod write;

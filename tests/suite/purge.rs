@@ -219,7 +219,12 @@ fn relay(agents: Channel) -> Relay {
     let tokens = TokenSettings::from_env(&app().env).unwrap();
     let signer = TokenSigner::new(tokens.signing_key.as_ref().unwrap()).unwrap();
     let db = crm_db().with_platform_role(mosaic_crm::PLATFORM_ROLE);
-    Relay::new(db, agents, signer, tokens.verify)
+    Relay::new(
+        db,
+        mosaic_tenant::PeerChannel::new(agents, "agents"),
+        signer,
+        tokens.verify,
+    )
 }
 
 /// The outbox rows of `tenant` and their failed attempts.

@@ -30,18 +30,19 @@
 //! credits; usage that costs nothing is not charged.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use mosaic_api::ApiResult;
-use mosaic_core::{ConfigError, Env, TenantId};
+use mosaic_core::{ConfigError, Context as _, Env, Metrics, StartupError, TenantId};
 use mosaic_proto::billing::ConsumeRequest;
 use mosaic_proto::billing::credit_service_client::CreditServiceClient;
 use mosaic_proto::conversations::ChargeState;
 use mosaic_server::Shutdown;
-use mosaic_tenant::{AuthConfig, ServiceToken, TenantContext, TokenSigner};
+use mosaic_tenant::{AuthConfig, PeerChannel, ServiceToken, TenantContext, TokenSigner};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::store::{ChargeRecord, MessageRecord, Store, UsageRecord, now};
 
@@ -64,6 +65,11 @@ pub const CHARGING_ROLE: &str = "svc:charging";
 const PRINCIPAL: &str = "service:conversations";
 /// Charges settled per sweep round.
 const SWEEP_BATCH: i64 = 100;
+
+/// How often the sweeper counts the pending charges for its gauges, and how
+/// many it counts at most (the gauge then reads this many).
+const PENDING_SAMPLE_EVERY: Duration = Duration::from_secs(15);
+const PENDING_SAMPLE_LIMIT: i64 = 1000;
 /// The longest wait between two attempts at one charge.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -135,7 +141,7 @@ enum Outcome {
 /// Calls billing for pending charges and settles them.
 #[derive(Debug)]
 pub struct Charger {
-    billing: Channel,
+    billing: PeerChannel,
     token: ServiceToken,
     store: Store,
     timeout: Duration,
@@ -144,7 +150,7 @@ pub struct Charger {
 
 impl Charger {
     pub fn new(
-        billing: Channel,
+        billing: PeerChannel,
         signer: TokenSigner,
         auth: AuthConfig,
         store: Store,
@@ -288,14 +294,80 @@ pub fn new_charge(
     })
 }
 
-/// Settles due pending charges every `interval` until `stop` fires.
-pub async fn sweeper(charger: std::sync::Arc<Charger>, interval: Duration, stop: Shutdown) {
+/// What the sweeper last saw of the pending charges, for the gauges
+/// `mosaic_conversations_pending_charges` and
+/// `mosaic_conversations_pending_charge_oldest_age_seconds` (the
+/// `MosaicChargesPendingTooLong` alert).
+#[derive(Debug, Default)]
+pub struct PendingStats {
+    count: AtomicU64,
+    /// Unix milliseconds of the oldest pending charge's message; 0 for none.
+    oldest_ms: AtomicI64,
+}
+
+impl PendingStats {
+    pub fn register_metrics(self: &Arc<Self>, metrics: &Metrics) -> Result<(), StartupError> {
+        let stats = self.clone();
+        metrics.register_gauge_fn(
+            "mosaic_conversations_pending_charges",
+            "AI-usage charges waiting for billing, as the sweeper last counted them (at most 1000).",
+            &[],
+            Arc::new(move || stats.count.load(Ordering::Relaxed) as f64),
+        )
+        .context("registering mosaic_conversations_pending_charges")?;
+        let stats = self.clone();
+        metrics
+            .register_gauge_fn(
+                "mosaic_conversations_pending_charge_oldest_age_seconds",
+                "Age of the oldest AI-usage charge still waiting for billing; 0 when none waits.",
+                &[],
+                Arc::new(move || stats.oldest_age(now()).as_secs_f64()),
+            )
+            .context("registering mosaic_conversations_pending_charge_oldest_age_seconds")
+    }
+
+    fn set(&self, count: usize, oldest: Option<DateTime<Utc>>) {
+        self.count.store(count as u64, Ordering::Relaxed);
+        let oldest_ms = oldest.map_or(0, |t| t.timestamp_millis().max(1));
+        self.oldest_ms.store(oldest_ms, Ordering::Relaxed);
+    }
+
+    /// Grows between samples: a charge seen pending stays pending until the
+    /// next sample says otherwise.
+    fn oldest_age(&self, now: DateTime<Utc>) -> Duration {
+        match self.oldest_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            ms => Duration::from_millis((now.timestamp_millis() - ms).max(0).unsigned_abs()),
+        }
+    }
+}
+
+/// Settles due pending charges every `interval` until `stop` fires, and
+/// counts the pending ones into `stats` every [`PENDING_SAMPLE_EVERY`].
+pub async fn sweeper(
+    charger: std::sync::Arc<Charger>,
+    stats: Arc<PendingStats>,
+    interval: Duration,
+    stop: Shutdown,
+) {
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
+    let mut sampled: Option<Instant> = None;
     loop {
         tokio::select! {
             () = &mut stopped => return,
             () = tokio::time::sleep(interval) => {}
+        }
+        if sampled.is_none_or(|at| at.elapsed() >= PENDING_SAMPLE_EVERY) {
+            // An outage is logged by the store; the gauges keep the last sample.
+            if let Ok((count, oldest)) = charger
+                .store
+                .pending_charges(PENDING_SAMPLE_LIMIT, interval.max(Duration::from_secs(5)))
+                .await
+            {
+                stats.set(count, oldest);
+                sampled = Some(Instant::now());
+            }
         }
         let due = match charger
             .store
@@ -355,6 +427,23 @@ mod tests {
         ] {
             assert!(Prices::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_oldest_pending_charge_ages_until_the_next_sample() {
+        let stats = PendingStats::default();
+        let t0 = now();
+        assert_eq!(stats.oldest_age(t0), Duration::ZERO);
+        stats.set(2, Some(t0));
+        assert_eq!(
+            stats.oldest_age(t0 + chrono::Duration::seconds(700)),
+            Duration::from_secs(700)
+        );
+        stats.set(0, None);
+        assert_eq!(
+            stats.oldest_age(t0 + chrono::Duration::seconds(800)),
+            Duration::ZERO
+        );
     }
 
     #[test]

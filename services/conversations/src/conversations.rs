@@ -17,8 +17,8 @@ use mosaic_proto::conversations::{
 };
 use mosaic_proto::crm::GetContactRequest;
 use mosaic_proto::crm::contact_service_client::ContactServiceClient;
+use mosaic_tenant::PeerChannel;
 use mosaic_tenant::{Role, TenantContext, peer_error};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -47,12 +47,12 @@ const MAX_STATS_DAYS: i64 = 366;
 #[derive(Debug)]
 pub struct ConversationApi {
     store: Store,
-    agents: Channel,
-    crm: Channel,
+    agents: PeerChannel,
+    crm: PeerChannel,
 }
 
 impl ConversationApi {
-    pub fn new(store: Store, agents: Channel, crm: Channel) -> Self {
+    pub fn new(store: Store, agents: PeerChannel, crm: PeerChannel) -> Self {
         Self { store, agents, crm }
     }
 

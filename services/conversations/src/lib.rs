@@ -78,8 +78,10 @@ impl ServiceModule for Conversations {
             )),
         );
         service.probe(Arc::new(mongo));
+        let pending = Arc::new(charges::PendingStats::default());
+        pending.register_metrics(&deps.metrics)?;
         service.background("conversations-charge-sweeper", move |stop| {
-            charges::sweeper(charger, sweep_every, stop)
+            charges::sweeper(charger, pending, sweep_every, stop)
         });
         Ok(service)
     }

@@ -820,6 +820,28 @@ impl Store {
             .transpose()
     }
 
+    /// The pending charges across tenants, at most `limit` of them, oldest
+    /// message first: how many, and when the oldest's message was appended
+    /// (the sweeper's gauges; `pending_charges` holds only pending ones).
+    pub async fn pending_charges(
+        &self,
+        limit: i64,
+        timeout: std::time::Duration,
+    ) -> ApiResult<(usize, Option<DateTime<Utc>>)> {
+        let docs = self
+            .messages
+            .scan_all_tenants(
+                "pending-charges-age",
+                doc! { "charge.state": PENDING },
+                doc! { "created_at": 1 },
+                limit,
+                timeout,
+            )
+            .await?;
+        let oldest = docs.first().map(|d| time_at(d, "created_at")).transpose()?;
+        Ok((docs.len(), oldest))
+    }
+
     /// Pending charges due by `now`, across tenants, oldest first: the
     /// sweeper's scan (the one cross-tenant read; `pending_charges` serves it).
     pub async fn due_charges(

@@ -22,9 +22,9 @@ use mosaic_db::{Database, TenantContext, db_error};
 use mosaic_proto::agents::approval_service_client::ApprovalServiceClient;
 use mosaic_proto::agents::{ClearSubjectRequest, SubjectType};
 use mosaic_server::Shutdown;
+use mosaic_tenant::PeerChannel;
 use mosaic_tenant::{AuthConfig, ServiceToken, TokenSigner};
 use tonic::Status;
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 /// `MOSAIC_CRM_SUBJECT_RELAY_MS`: how often the relay looks for deleted
@@ -66,13 +66,13 @@ pub struct Round {
 #[derive(Debug)]
 pub struct Relay {
     db: Database,
-    agents: Channel,
+    agents: PeerChannel,
     token: ServiceToken,
 }
 
 impl Relay {
     /// `db` must allow the platform read (`Database::with_platform_role`).
-    pub fn new(db: Database, agents: Channel, signer: TokenSigner, auth: AuthConfig) -> Self {
+    pub fn new(db: Database, agents: PeerChannel, signer: TokenSigner, auth: AuthConfig) -> Self {
         Self {
             db,
             agents,

@@ -197,7 +197,7 @@ fn worker_scope(ctx: &TenantContext, named: Option<TenantId>) -> ApiResult<Tenan
 #[derive(Debug, Clone)]
 pub struct Vault {
     pub keys: Arc<dyn MasterKey>,
-    reveals: RateLimiter,
+    pub(crate) reveals: RateLimiter,
 }
 
 impl Vault {

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mosaic_core::StartupError;
+use mosaic_core::{Context as _, StartupError};
 use mosaic_db::{Database, Migrations, ServiceSchema};
 use mosaic_proto::identity::{
     api_key_service_server::ApiKeyServiceServer, audit_service_server::AuditServiceServer,
@@ -110,6 +110,10 @@ impl ServiceModule for Identity {
             default_ttl: deps.env.positive_secs(TOKEN_TTL_SECS, 900)?,
         };
         let vault = connections::Vault::from_env(&deps.env, deps.redis.clone())?;
+        vault
+            .reveals
+            .register_metrics(&deps.metrics)
+            .context("registering the reveal limit metrics")?;
         let mut service = Service::new(deps);
         service.startup_check(
             "vault master key",

@@ -318,7 +318,7 @@ impl Cache {
         let lease_ms = millis(self.config.lease);
         let script = &self.get;
         let found = redis
-            .run(|mut conn| async move {
+            .run("cache.get", |mut conn| async move {
                 script
                     .key(key.as_str())
                     .key(key.lease_key())
@@ -381,7 +381,7 @@ impl Cache {
         let ttl_ms = millis(self.config.ttl);
         let (key, script) = (&token.key, &self.fill);
         let stored = redis
-            .run(|mut conn| async move {
+            .run("cache.fill", |mut conn| async move {
                 script
                     .key(key.as_str())
                     .key(key.lease_key())
@@ -410,7 +410,7 @@ impl Cache {
         };
         let keys = [key.key.clone(), key.lease_key()];
         let deleted = redis
-            .run(|mut conn| {
+            .run("cache.invalidate", |mut conn| {
                 let keys = keys.clone();
                 async move {
                     redis::cmd("DEL")

@@ -269,7 +269,15 @@ impl Redis {
 
     /// Runs `op` on the connection within the call timeout, unless the
     /// breaker is open. Outage-like failures count towards opening it.
-    pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T, Unavailable>
+    ///
+    /// `operation` names the command group in its trace span (`cache.get`,
+    /// `ratelimit`, ...): one client span per group while spans are
+    /// exported, none while the breaker keeps Redis out of it.
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        op: F,
+    ) -> Result<T, Unavailable>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -280,6 +288,7 @@ impl Redis {
             self.ensure_probe();
             return Err(Unavailable::Open);
         }
+        let span = redis_span(operation);
         let attempt = async {
             let conn = self.connection().await?;
             op(conn).await
@@ -291,6 +300,10 @@ impl Redis {
                 "no answer within the timeout",
             ))),
         };
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        drop(span);
         match result {
             Ok(value) => {
                 // Read first: a write on every call would bounce the cache line.
@@ -634,4 +647,22 @@ fn is_outage(e: &RedisError) -> bool {
                 | ErrorKind::ReadOnly
                 | ErrorKind::ClusterConnectionNotFound
         )
+}
+
+/// The client span of one Redis command group (a script, a DEL), a child of
+/// the calling RPC's span, or a disabled span while spans are not exported.
+/// No key in it: keys carry tenant and resource ids, the tenant is already on
+/// the RPC's span.
+fn redis_span(operation: &'static str) -> tracing::Span {
+    if !mosaic_core::spans::exporting() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "redis",
+        otel.name = operation,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system.name = "redis",
+        db.operation.name = operation,
+    )
 }

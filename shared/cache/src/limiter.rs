@@ -20,10 +20,11 @@
 //! breaker is open a check does not touch Redis at all and answers at once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use mosaic_core::TenantId;
+use mosaic_core::{Metrics, TenantId};
 
 use crate::config::RateLimitConfig;
 use crate::connection::Redis;
@@ -82,6 +83,8 @@ struct Inner {
     /// The last part of the key: `ratelimit` for the request limit, or a
     /// limit of its own ([`RateLimiter::named`]).
     name: &'static str,
+    /// Checks answered [`Decision::Limited`].
+    rejections: AtomicU64,
 }
 
 struct Lease {
@@ -120,6 +123,7 @@ impl RateLimiter {
                 lease_size: (config.per_second / 20).min(config.burst / 10).max(1),
                 config,
                 name,
+                rejections: AtomicU64::new(0),
             })),
         }
     }
@@ -131,6 +135,32 @@ impl RateLimiter {
 
     pub fn is_enabled(&self) -> bool {
         self.inner.is_some()
+    }
+
+    /// Registers `mosaic_rate_limit_rejections_total{limit}`: `requests` for
+    /// the request limit, the limit's name otherwise (`vault-reveal`). A
+    /// limiter that is off registers nothing. Never a tenant label: the
+    /// tenants refused are in the logs (deploy/README.md, "Finding a noisy
+    /// tenant").
+    pub fn register_metrics(&self, metrics: &Metrics) -> Result<(), prometheus::Error> {
+        let Some(inner) = &self.inner else {
+            return Ok(());
+        };
+        let limit = if inner.name == "ratelimit" {
+            "requests"
+        } else {
+            inner.name
+        };
+        let weak = Arc::downgrade(inner);
+        metrics.register_counter_fn(
+            "mosaic_rate_limit_rejections_total",
+            "Calls refused by a per-tenant rate limit (RESOURCE_EXHAUSTED), by limit.",
+            &[("limit", limit)],
+            Arc::new(move || {
+                weak.upgrade()
+                    .map_or(0.0, |i| i.rejections.load(Ordering::Relaxed) as f64)
+            }),
+        )
     }
 
     /// The Redis key of a tenant's limit state; the tenant is the hash tag.
@@ -157,11 +187,17 @@ impl RateLimiter {
         if inner.spend_lease(tenant) {
             return Decision::Allowed;
         }
-        inner
+        let decision = inner
             .redis
-            .run(|mut conn| async move { inner.run(&mut conn, tenant).await })
+            .run("ratelimit", |mut conn| async move {
+                inner.run(&mut conn, tenant).await
+            })
             .await
-            .unwrap_or(Decision::Allowed)
+            .unwrap_or(Decision::Allowed);
+        if decision != Decision::Allowed {
+            inner.rejections.fetch_add(1, Ordering::Relaxed);
+        }
+        decision
     }
 }
 

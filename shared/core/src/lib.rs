@@ -16,6 +16,8 @@
 //!   as the Redis Cluster hash tag.
 //! - [`log_every`]: [`LogEvery`], a warning said once per interval with a
 //!   count (what an outage that fails every call logs).
+//! - [`spans`]: whether trace spans are exported, which decides whether the
+//!   store crates open spans at all.
 
 pub mod env;
 pub mod error;
@@ -24,6 +26,7 @@ pub mod keys;
 pub mod log_every;
 pub mod metrics;
 pub mod probe;
+pub mod spans;
 
 pub use env::{ConfigError, Env, Secret};
 pub use error::{Context, StartupError};

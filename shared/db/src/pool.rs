@@ -23,6 +23,9 @@ pub struct Database {
     writes: std::sync::Arc<Writes>,
     platform_role: Option<&'static str>,
     max_connections: u32,
+    /// Calls that found no connection within the acquire timeout (the pool's
+    /// or the read lane's queue).
+    acquire_timeouts: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Database {
@@ -54,6 +57,7 @@ impl Database {
             writes: std::sync::Arc::default(),
             platform_role: None,
             max_connections: config.max_connections,
+            acquire_timeouts: std::sync::Arc::default(),
         })
     }
 
@@ -68,13 +72,19 @@ impl Database {
     /// `BEGIN` and `SET LOCAL mosaic.tenant_id` travel in one round trip.
     pub async fn begin(&self, ctx: &TenantContext) -> ApiResult<TenantTx> {
         let tenant = ctx.tenant_id()?;
+        let span = pg_span(PgOperation::Transaction);
         // `tenant` is a Uuid: its text form is hex and dashes, safe to inline.
         let sql = format!("BEGIN; SET LOCAL mosaic.tenant_id = '{tenant}'");
-        let tx = self.begin_with(&sql).await.map_err(db_error)?;
+        let tx = self
+            .begin_with(&sql)
+            .await
+            .inspect_err(|_| failed(&span))
+            .map_err(db_error)?;
         Ok(TenantTx {
             tx,
             ctx: ctx.clone(),
             tenant,
+            span,
         })
     }
 
@@ -88,8 +98,17 @@ impl Database {
         loop {
             match self.pool.begin_with(sql.to_owned()).await {
                 Err(e) if attempts > 0 && connection_lost(&e) => attempts -= 1,
-                other => return other,
+                other => return other.inspect_err(|e| self.note_timeout(e)),
             }
+        }
+    }
+
+    /// Counts `e` when it is an acquire timeout
+    /// (`mosaic_db_pool_acquire_timeouts_total`).
+    fn note_timeout(&self, e: &sqlx::Error) {
+        if matches!(e, sqlx::Error::PoolTimedOut) {
+            self.acquire_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -109,11 +128,17 @@ impl Database {
         if sql.contains(';') || sql.trim().is_empty() {
             return Err(ApiError::internal("Database::read takes one statement"));
         }
+        let span = pg_span(PgOperation::Read);
         let rows = self
             .reads
             .read(tenant.uuid(), &sql, params)
             .await
+            .inspect_err(|e| {
+                self.note_timeout(e);
+                failed(&span);
+            })
             .map_err(db_error)?;
+        drop(span);
         rows.iter()
             .map(|row| T::from_row(row).map_err(db_error))
             .collect()
@@ -165,9 +190,16 @@ impl Database {
             return Ok(Ok(rows));
         };
         let message = Writes::message(&prepared, tenant.uuid(), statement.params());
+        // Ends when this function returns, whichever way.
+        let span = pg_span(PgOperation::Write);
         let mut attempts = self.max_connections;
         loop {
-            let mut conn = self.pool.acquire().await.map_err(db_error)?;
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .inspect_err(|e| self.note_timeout(e))
+                .map_err(db_error)?;
             match self.writes.send(&mut conn, &prepared, &message).await {
                 Ok(rows) => {
                     // Committed; rows that do not fit `T` are the caller's bug.
@@ -178,8 +210,14 @@ impl Database {
                     attempts -= 1;
                     tracing::debug!(error = %e, "dead pool connection; the write goes on another");
                 }
-                Err(Failure::Unsent(e) | Failure::Other(e)) => return Err(db_error(e)),
-                Err(Failure::Statement(e)) => return Ok(Err(e)),
+                Err(Failure::Unsent(e) | Failure::Other(e)) => {
+                    failed(&span);
+                    return Err(db_error(e));
+                }
+                Err(Failure::Statement(e)) => {
+                    failed(&span);
+                    return Ok(Err(e));
+                }
             }
         }
     }
@@ -231,9 +269,14 @@ impl Database {
         let role = self
             .platform_role
             .ok_or_else(|| ApiError::internal("platform role not configured"))?;
+        let span = pg_span(PgOperation::Transaction);
         let sql = format!("BEGIN READ ONLY; SET LOCAL ROLE {role}");
-        let tx = self.begin_with(&sql).await.map_err(db_error)?;
-        Ok(PlatformTx { tx })
+        let tx = self
+            .begin_with(&sql)
+            .await
+            .inspect_err(|_| failed(&span))
+            .map_err(db_error)?;
+        Ok(PlatformTx { tx, _span: span })
     }
 
     /// Pool gauges: (open connections, idle connections, maximum).
@@ -263,6 +306,47 @@ pub struct TenantTx {
     tx: Transaction<'static, Postgres>,
     ctx: TenantContext,
     tenant: TenantId,
+    /// Ends with the transaction (commit, or the rollback of a drop).
+    span: tracing::Span,
+}
+
+/// The PostgreSQL work a client span covers.
+#[derive(Clone, Copy)]
+enum PgOperation {
+    /// `BEGIN` to `COMMIT` (or rollback): a [`TenantTx`] or [`PlatformTx`].
+    Transaction,
+    /// A one-message read ([`Database::read`]).
+    Read,
+    /// A one-message write ([`Database::write`]).
+    Write,
+}
+
+/// The client span of one PostgreSQL transaction, read or write, a child of
+/// the calling RPC's span (OpenTelemetry's database conventions; no SQL text,
+/// which would carry no secret but is not needed to find a slow call), or a
+/// disabled span while spans are not exported.
+fn pg_span(operation: PgOperation) -> tracing::Span {
+    if !mosaic_core::spans::exporting() {
+        return tracing::Span::none();
+    }
+    let (name, op) = match operation {
+        PgOperation::Transaction => ("postgresql transaction", "transaction"),
+        PgOperation::Read => ("postgresql read", "read"),
+        PgOperation::Write => ("postgresql write", "write"),
+    };
+    tracing::info_span!(
+        "postgresql",
+        otel.name = name,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system.name = "postgresql",
+        db.operation.name = op,
+    )
+}
+
+/// Marks a PostgreSQL span failed.
+fn failed(span: &tracing::Span) {
+    span.record("otel.status_code", "error");
 }
 
 impl std::fmt::Debug for TenantTx {
@@ -318,7 +402,12 @@ impl TenantTx {
     }
 
     pub async fn commit(self) -> ApiResult<()> {
-        self.tx.commit().await.map_err(db_error)
+        let span = self.span;
+        self.tx
+            .commit()
+            .await
+            .inspect_err(|_| failed(&span))
+            .map_err(db_error)
     }
 
     /// Ends a transaction that only read. There is nothing to commit, so the
@@ -332,6 +421,7 @@ impl TenantTx {
 /// A read-only cross-tenant transaction for platform admins.
 pub struct PlatformTx {
     tx: Transaction<'static, Postgres>,
+    _span: tracing::Span,
 }
 
 impl std::fmt::Debug for PlatformTx {
@@ -368,7 +458,8 @@ impl Probe for Database {
 
 impl Database {
     /// Pool gauges, sampled at scrape time: `mosaic_db_pool_connections{service,state}`,
-    /// and the read lane's `mosaic_db_read_lane_{reads,messages}_total{service}`
+    /// `mosaic_db_pool_acquire_timeouts_total{service}` (calls answered
+    /// UNAVAILABLE for want of a connection), and the read lane's `mosaic_db_read_lane_{reads,messages}_total{service}`
     /// (their ratio is how many reads share a message).
     pub fn register_metrics(
         &self,
@@ -402,6 +493,15 @@ impl Database {
                 }),
             )?;
         }
+        let timeouts = self.acquire_timeouts.clone();
+        metrics.register_counter_fn(
+            "mosaic_db_pool_acquire_timeouts_total",
+            "Calls that found no database connection within the acquire timeout (answered UNAVAILABLE).",
+            &[("service", service)],
+            std::sync::Arc::new(move || {
+                timeouts.load(std::sync::atomic::Ordering::Relaxed) as f64
+            }),
+        )?;
         for (index, what) in ["reads", "messages"].into_iter().enumerate() {
             let db = self.clone();
             metrics.register_counter_fn(

@@ -79,18 +79,44 @@ impl Fenced {
         Ok(self.mongo.database().await?.collection(self.name))
     }
 
-    /// Runs `op` within what is left of the caller's deadline.
+    /// Runs `op` (the command `operation`, e.g. `find`) within what is left
+    /// of the caller's deadline, in a client span while spans are exported.
     async fn timed<T>(
         &self,
         ctx: &TenantContext,
+        operation: &'static str,
         op: impl IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> ApiResult<T> {
-        match tokio::time::timeout(Mongo::budget(ctx.remaining()), op.into_future()).await {
-            Ok(result) => result.map_err(|e| self.mongo.error(e)),
-            Err(_) => Err(ApiError::deadline_exceeded(
-                "the document store did not answer in time",
-            )),
+        let span = self.span(operation);
+        let result =
+            match tokio::time::timeout(Mongo::budget(ctx.remaining()), op.into_future()).await {
+                Ok(result) => result.map_err(|e| self.mongo.error(e)),
+                Err(_) => Err(ApiError::deadline_exceeded(
+                    "the document store did not answer in time",
+                )),
+            };
+        if result.is_err() {
+            span.record("otel.status_code", "error");
         }
+        result
+    }
+
+    /// The client span of one MongoDB command on this collection (the
+    /// conventions' `db.*` attributes; never a filter or a document, which
+    /// hold message content), or a disabled span while spans are not exported.
+    fn span(&self, operation: &'static str) -> tracing::Span {
+        if !mosaic_core::spans::exporting() {
+            return tracing::Span::none();
+        }
+        tracing::info_span!(
+            "mongodb",
+            otel.name = %format_args!("{operation} {}", self.name),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system.name = "mongodb",
+            db.collection.name = self.name,
+            db.operation.name = operation,
+        )
     }
 
     /// Inserts `document` with the tenant stamped on it. A unique index
@@ -103,12 +129,17 @@ impl Fenced {
         let tenant = tenant_of(ctx)?;
         let document = fenced(&tenant, document);
         let collection = self.collection().await?;
-        match tokio::time::timeout(
+        let span = self.span("insert");
+        let result = tokio::time::timeout(
             Mongo::budget(ctx.remaining()),
             collection.insert_one(document),
         )
-        .await
-        {
+        .await;
+        if !matches!(result, Ok(Ok(_))) {
+            span.record("otel.status_code", "error");
+        }
+        drop(span);
+        match result {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) if crate::is_duplicate_key(&e) => Err(InsertError::Duplicate),
             Ok(Err(e)) => Err(InsertError::Api(self.mongo.error(e))),
@@ -128,8 +159,12 @@ impl Fenced {
         let filter = fenced(&tenant_of(ctx)?, filter);
         let collection = self.collection().await?;
         let options = FindOneOptions::builder().projection(projection).build();
-        self.timed(ctx, collection.find_one(filter).with_options(options))
-            .await
+        self.timed(
+            ctx,
+            "find",
+            collection.find_one(filter).with_options(options),
+        )
+        .await
     }
 
     /// Up to `limit` of the tenant's documents matching `filter`, in `sort` order.
@@ -142,7 +177,7 @@ impl Fenced {
     ) -> ApiResult<Vec<Document>> {
         let filter = fenced(&tenant_of(ctx)?, filter);
         let collection = self.collection().await?;
-        self.timed(ctx, async {
+        self.timed(ctx, "find", async {
             collection
                 .find(filter)
                 .sort(sort)
@@ -173,6 +208,7 @@ impl Fenced {
             .build();
         self.timed(
             ctx,
+            "findAndModify",
             collection
                 .find_one_and_update(filter, update)
                 .with_options(options),
@@ -190,7 +226,7 @@ impl Fenced {
         check_update(&update)?;
         let filter = fenced(&tenant_of(ctx)?, filter);
         let collection = self.collection().await?;
-        self.timed(ctx, collection.update_one(filter, update))
+        self.timed(ctx, "update", collection.update_one(filter, update))
             .await
             .map(|r| r.matched_count > 0)
     }
@@ -216,7 +252,7 @@ impl Fenced {
             .chain(pipeline)
             .collect::<Vec<_>>();
         let collection = self.collection().await?;
-        self.timed(ctx, async {
+        self.timed(ctx, "aggregate", async {
             collection.aggregate(stages).await?.try_collect().await
         })
         .await
@@ -242,6 +278,7 @@ impl Fenced {
         let stream = self
             .timed(
                 ctx,
+                "watch",
                 collection
                     .watch()
                     .pipeline([doc! { "$match": matched }])
@@ -270,6 +307,7 @@ impl Fenced {
         timeout: Duration,
     ) -> ApiResult<Vec<Document>> {
         let collection = self.collection().await?;
+        let _span = self.span("find");
         let op = async {
             collection
                 .find(filter)

@@ -13,12 +13,16 @@
 //! [`LIVENESS`] is SERVING for as long as the process answers, whatever the
 //! probes say: Kubernetes' liveness probe asks for it, so that a database
 //! outage takes pods out of rotation without restarting every one of them.
+//!
+//! The same state is the gauge `mosaic_health_serving{grpc_service}` (1
+//! SERVING, 0 NOT_SERVING), which the `MosaicNotServing` alert reads.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
-use mosaic_core::{LogEvery, Probe};
+use mosaic_core::{LogEvery, Metrics, Probe};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -65,6 +69,8 @@ impl HealthGroup {
 pub struct Health {
     reporter: HealthReporter,
     groups: Arc<[HealthGroup]>,
+    /// Whether group `i` is SERVING, for the metrics.
+    serving: Arc<[AtomicBool]>,
     /// `true` once shutdown began; guards status writes so a probe round
     /// finishing late cannot flip a draining server back to SERVING.
     shut_down: Arc<Mutex<bool>>,
@@ -100,9 +106,27 @@ impl Health {
             .now_or_never();
         Self {
             reporter,
+            serving: groups.iter().map(|_| AtomicBool::new(false)).collect(),
             groups: groups.into(),
             shut_down: Arc::new(Mutex::new(false)),
         }
+    }
+
+    /// Registers `mosaic_health_serving{grpc_service}` for every listed
+    /// service, sampled at scrape time.
+    pub fn register_metrics(&self, metrics: &Metrics) -> Result<(), prometheus::Error> {
+        for (index, group) in self.groups.iter().enumerate() {
+            for name in &group.services {
+                let serving = self.serving.clone();
+                metrics.register_gauge_fn(
+                    "mosaic_health_serving",
+                    "1 while the gRPC service's health is SERVING, 0 while NOT_SERVING.",
+                    &[("grpc_service", name)],
+                    Arc::new(move || f64::from(u8::from(serving[index].load(Ordering::Relaxed)))),
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// Every listed service name (without `""` and [`LIVENESS`]).
@@ -125,7 +149,8 @@ impl Health {
         if *shut_down {
             return;
         }
-        for (group, ok) in self.groups.iter().zip(serving) {
+        for ((group, ok), flag) in self.groups.iter().zip(serving).zip(self.serving.iter()) {
+            flag.store(*ok, Ordering::Relaxed);
             for name in &group.services {
                 self.reporter.set_service_status(name, status(*ok)).await;
             }
@@ -138,6 +163,9 @@ impl Health {
     pub async fn shut_down(&self) {
         let mut shut_down = self.shut_down.lock().await;
         *shut_down = true;
+        for flag in self.serving.iter() {
+            flag.store(false, Ordering::Relaxed);
+        }
         self.reporter
             .set_service_status("", ServingStatus::NotServing)
             .await;
@@ -280,6 +308,30 @@ mod tests {
         );
         health.set_serving(&[true, true]).await;
         assert_eq!(status(&health, "").await, Wire::Serving);
+    }
+
+    #[tokio::test]
+    async fn the_gauge_follows_each_group_and_shutdown() {
+        let health = Health::new(vec![
+            HealthGroup::new(&["a.v1.A"], Vec::new()),
+            HealthGroup::new(&["c.v1.C"], Vec::new()),
+        ]);
+        let metrics = Metrics::new();
+        health.register_metrics(&metrics).expect("register");
+        let gauge = |metrics: &Metrics, service: &str| {
+            let text = metrics.render().expect("render");
+            let prefix = format!("mosaic_health_serving{{grpc_service=\"{service}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+                .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+        };
+        assert_eq!(gauge(&metrics, "a.v1.A"), "0", "starts NOT_SERVING");
+        health.set_serving(&[true, false]).await;
+        assert_eq!(gauge(&metrics, "a.v1.A"), "1");
+        assert_eq!(gauge(&metrics, "c.v1.C"), "0");
+        health.shut_down().await;
+        health.set_serving(&[true, true]).await;
+        assert_eq!(gauge(&metrics, "a.v1.A"), "0", "shutdown sticks");
     }
 
     #[tokio::test]

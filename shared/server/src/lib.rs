@@ -16,7 +16,8 @@
 //! - [`framing_layer`]: [`FramingLayer`], a wrong content-type or a
 //!   truncated frame answered INVALID_ARGUMENT `MALFORMED_REQUEST`.
 //! - [`telemetry`]: JSON (or text) logs; every line inside a call carries its
-//!   tenant and request id ([`init_logging`]).
+//!   tenant and request id ([`init_logging`]); OTLP trace export when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`init_telemetry`]).
 //! - [`metrics`]: the gRPC call metrics and the `GET /metrics` side port.
 //! - [`metrics_layer`]: the tower layer counting calls by method and final
 //!   gRPC code, timing them, and logging one line per call ([`MetricsLayer`]).
@@ -52,4 +53,4 @@ pub use module::{BoxFuture, Deps, ExpiredRows, PurgeTenant, Service, ServiceModu
 pub use peers::Peers;
 pub use serve::{PUBLIC_PREFIXES, ServeOptions, serve};
 pub use shutdown::{Shutdown, sigterm_or_ctrl_c};
-pub use telemetry::init_logging;
+pub use telemetry::{Telemetry, TraceConfig, init_logging, init_telemetry};

@@ -12,6 +12,10 @@
 //! Handlers learn of it through [`ClientGone`], which tonic cannot tell them:
 //! its decoder ends a reset request stream as if the client had finished it.
 //!
+//! While spans are exported, the call's server span (made by the auth
+//! layer, handed over in [`CallMeta`]) ends here too, with the final code as
+//! `rpc.grpc.status_code`.
+//!
 //! Label cardinality stays bounded: the `method` label is the request path
 //! only for methods this server knows (from the descriptor sets), and
 //! `other` for anything a client makes up.
@@ -205,9 +209,15 @@ where
         let mut record = this.record.take();
         match result {
             Ok(resp) => {
-                let (parts, body) = resp.into_parts();
+                let (mut parts, body) = resp.into_parts();
                 if let Some(r) = record.as_mut() {
-                    r.meta = parts.extensions.get::<CallMeta>().cloned();
+                    // The record alone holds the call's span from here on, so
+                    // the span ends with the call's final status.
+                    r.meta = parts.extensions.get_mut::<CallMeta>().map(|meta| {
+                        let copy = meta.clone();
+                        meta.span = None;
+                        copy
+                    });
                 }
                 // Trailers-only: the status is known already.
                 if let Some(code) = grpc_status(&parts.headers) {
@@ -308,6 +318,11 @@ impl CallRecord {
             code
         };
         let elapsed = self.start.elapsed();
+        if let Some(meta) = self.meta.as_mut() {
+            meta.record_status(code);
+            // Ends the exported span (the last handle to it).
+            meta.span = None;
+        }
         let code_name = code_name(code);
         let label = self.label.as_deref().unwrap_or(OTHER_METHOD);
         self.metrics.observe(label, code_name, elapsed);

@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mosaic_core::{ConfigError, Env, StartupError};
-use tonic::transport::{Channel, Endpoint};
+use mosaic_tenant::PeerChannel;
+use tonic::transport::Endpoint;
 
 /// How long connecting to a peer may take before its calls fail UNAVAILABLE.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -57,18 +58,20 @@ impl Peers {
         })
     }
 
-    /// A lazily connected channel to peer `name`.
-    pub fn channel(&self, name: &str) -> Result<Channel, StartupError> {
+    /// A lazily connected channel to peer `name` (with a client span per
+    /// call while spans are exported).
+    pub fn channel(&self, name: &str) -> Result<PeerChannel, StartupError> {
         let url = self.url(name)?;
         let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| {
             ConfigError::invalid(&Self::url_var(name), &url, format_args!("not a URL: {e}"))
         })?;
-        Ok(endpoint
+        let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true)
-            .connect_lazy())
+            .connect_lazy();
+        Ok(PeerChannel::new(channel, name))
     }
 }
 

@@ -173,6 +173,12 @@ pub async fn serve(
         .chain(public_methods);
     let methods = reflection::method_paths().context("reading the descriptor sets")?;
     let calls = CallMetrics::register(&metrics).context("registering the call metrics")?;
+    health
+        .register_metrics(&metrics)
+        .context("registering the health metrics")?;
+    rate_limiter
+        .register_metrics(&metrics)
+        .context("registering the rate limit metrics")?;
 
     let stop_accepting = CancellationToken::new();
     let force_close = CancellationToken::new();

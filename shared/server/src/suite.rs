@@ -30,7 +30,7 @@ use crate::module::{Deps, ServiceModule};
 use crate::peers::Peers;
 use crate::serve::{ServeOptions, serve};
 use crate::shutdown::{Shutdown, sigterm_or_ctrl_c};
-use crate::telemetry::init_logging;
+use crate::telemetry::{TraceConfig, init_telemetry};
 
 /// The access reader's settings: `MOSAIC_ACCESS_DATABASE_URL` (default
 /// the local `mosaic_access` login) and the pool settings.
@@ -114,6 +114,7 @@ pub async fn run(
     redis
         .register_metrics(&metrics)
         .context("registering the redis metrics")?;
+    crate::telemetry::register_metrics(&metrics)?;
     let allowed_when_deleted: Vec<String> = modules
         .iter()
         .flat_map(|module| module.allowed_for_deleted_tenants().iter())
@@ -230,11 +231,19 @@ pub async fn serve_until_signal(
     env: &Env,
 ) -> Result<(), StartupError> {
     let config = ServerConfig::from_env(env)?;
-    init_logging(&config.log_filter, config.log_json)?;
+    let default_service = match modules {
+        [module] => format!("mosaic-{}", module.name()),
+        _ => "mosaic".to_owned(),
+    };
+    let traces = TraceConfig::from_env(env, &default_service)?;
+    let telemetry = init_telemetry(&config.log_filter, config.log_json, traces.as_ref())?;
     let listener = TcpListener::bind(config.grpc_addr)
         .await
         .context(format_args!("binding {}", config.grpc_addr))?;
-    run(modules, env, listener, Shutdown::new(), sigterm_or_ctrl_c()).await
+    let result = run(modules, env, listener, Shutdown::new(), sigterm_or_ctrl_c()).await;
+    // The spans of the last calls, before the process exits.
+    telemetry.shutdown().await;
+    result
 }
 
 /// `MOSAIC_ADMIN_DATABASE_URL`: a login that may create roles and databases.

@@ -35,6 +35,18 @@ pub struct CallMeta {
     pub request_id: String,
     pub tenant: Option<mosaic_core::TenantId>,
     pub principal: Option<String>,
+    /// The call's exported server span, while spans are exported: the
+    /// metrics layer records the final status on it and ends it.
+    pub span: Option<tracing::Span>,
+}
+
+impl CallMeta {
+    /// Records the final gRPC status on the call's span, if it has one.
+    pub fn record_status(&self, code: tonic::Code) {
+        if let Some(span) = &self.span {
+            trace::record_code(span, code, false);
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -135,8 +147,14 @@ where
 
         let headers = req.headers();
         let request_id = request_id(headers);
-        let traceparent =
-            trace::incoming_or_new(headers.get("traceparent").and_then(|v| v.to_str().ok()));
+        let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok());
+        // Exported: the call's own span, whose id the context carries on.
+        let exported =
+            mosaic_core::spans::exporting().then(|| trace::server_span(req.uri().path(), incoming));
+        let traceparent = exported
+            .as_ref()
+            .and_then(trace::traceparent_of)
+            .unwrap_or_else(|| trace::incoming_or_new(incoming));
         let deadline = headers
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
@@ -147,6 +165,7 @@ where
             request_id: request_id.clone(),
             tenant: None,
             principal: None,
+            span: exported.clone(),
         };
         let mut access = None;
         if !self.layer.is_public(req.uri().path()) {
@@ -167,12 +186,20 @@ where
             }
         }
         // Every log line of the call carries its tenant and request id.
-        let span = tracing::info_span!(
-            "rpc",
-            method = %req.uri().path(),
-            request_id = %meta.request_id,
-            tenant = %meta.tenant.map(|t| t.to_string()).unwrap_or_default(),
-        );
+        let tenant = meta.tenant.map(|t| t.to_string()).unwrap_or_default();
+        let span = match exported {
+            Some(span) => {
+                span.record("request_id", meta.request_id.as_str());
+                span.record("tenant", tenant.as_str());
+                span
+            }
+            None => tracing::info_span!(
+                "rpc",
+                method = %req.uri().path(),
+                request_id = %meta.request_id,
+                tenant = %tenant,
+            ),
+        };
         Box::pin(
             async move {
                 if let Some((policy, claims, method)) = access

@@ -12,10 +12,13 @@
 //! - [`propagation`]: [`Propagate`], the client-side interceptor that forwards
 //!   token, request id, trace context and the remaining deadline to another service.
 //! - [`client`]: [`peer_error`], what a caller sees when a peer service fails.
+//! - [`peer_channel`]: [`PeerChannel`], the channel to a peer service, with a
+//!   client span per call while spans are exported.
 
 pub mod client;
 pub mod context;
 pub mod layer;
+pub mod peer_channel;
 pub mod propagation;
 pub mod token;
 mod trace;
@@ -23,6 +26,7 @@ mod trace;
 pub use client::peer_error;
 pub use context::{Role, TenantContext};
 pub use layer::{AccessPolicy, AuthLayer, CallMeta};
+pub use peer_channel::PeerChannel;
 pub use propagation::Propagate;
 pub use token::{
     AuthConfig, Claims, KeyError, KeyMaterial, ServiceToken, TokenSettings, TokenSigner,
