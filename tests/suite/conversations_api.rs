@@ -1163,7 +1163,7 @@ async fn every_command_on_the_wire_carries_the_tenant() {
     }
     assert!(
         report.all_tenant_scans.contains_key("pending-charges"),
-        "the sweeper's scan is the one cross-tenant read: {:?}",
+        "the sweeper's scan is a cross-tenant read: {:?}",
         report.all_tenant_scans
     );
 }

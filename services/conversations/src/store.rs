@@ -843,7 +843,8 @@ impl Store {
     }
 
     /// Pending charges due by `now`, across tenants, oldest first: the
-    /// sweeper's scan (the one cross-tenant read; `pending_charges` serves it).
+    /// sweeper's scan (one of its two cross-tenant reads, with
+    /// [`Store::pending_charges`]; the `pending_charges` index serves both).
     pub async fn due_charges(
         &self,
         now: DateTime<Utc>,

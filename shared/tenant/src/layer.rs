@@ -149,8 +149,11 @@ where
         let request_id = request_id(headers);
         let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok());
         // Exported: the call's own span, whose id the context carries on.
-        let exported =
-            mosaic_core::spans::exporting().then(|| trace::server_span(req.uri().path(), incoming));
+        // Not for health and reflection (`/grpc.*`): Kubernetes probes every
+        // pod every few seconds, and those traces would bury the real ones.
+        let path = req.uri().path();
+        let exported = (mosaic_core::spans::exporting() && !path.starts_with("/grpc."))
+            .then(|| trace::server_span(path, incoming));
         let traceparent = exported
             .as_ref()
             .and_then(trace::traceparent_of)
