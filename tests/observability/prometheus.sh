@@ -18,7 +18,8 @@
 #      NOT_SERVING for 1 minute), printing the alerts Prometheus shows.
 # Everything it started is stopped on exit, also on failure (trap).
 #
-# Knobs: OBS_SKIP_BUILD=1 (use target/debug/mosaic as it is), OBS_LOAD_SECONDS (20),
+# Knobs: OBS_SKIP_BUILD=1 (use target/debug/mosaic as it is), OBS_BIN (another mosaic
+# binary, with OBS_SKIP_BUILD=1), OBS_LOAD_SECONDS (20),
 # and those of tests/bench/lib.sh.
 set -euo pipefail
 
@@ -37,7 +38,7 @@ pg_bin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | so
 [ -x "$pg_bin/initdb" ] || bench_die "no PostgreSQL server binaries under /usr/lib/postgresql"
 
 # --- build ---------------------------------------------------------------------------
-BENCH_BIN="$BENCH_REPO/target/debug/mosaic"
+BENCH_BIN=${OBS_BIN:-$BENCH_REPO/target/debug/mosaic}
 if [ "${OBS_SKIP_BUILD:-0}" != 1 ]; then
   bench_say "cargo build --bin mosaic (output in $BENCH_TMP/build.log)"
   cargo build --bin mosaic >"$BENCH_TMP/build.log" 2>&1 || {
@@ -121,8 +122,8 @@ prom_query() {
   curl -sf "$prom/api/v1/query" --data-urlencode "query=$1" | python3 -c '
 import json, sys
 for r in json.load(sys.stdin)["data"]["result"]:
-    labels = ",".join(f"{k}=\"{v}\"" for k, v in sorted(r["metric"].items()))
-    print(f"{{{labels}}} {float(r[\"value\"][1]):.4g}")'
+    labels = ",".join("%s=%s" % (k, json.dumps(v)) for k, v in sorted(r["metric"].items()))
+    print("{%s} %.4g" % (labels, float(r["value"][1])))'
 }
 
 # wait_for <seconds> <expr>: until the query has a series.

@@ -447,13 +447,22 @@ async fn a_conversation_start_and_a_charged_append_are_one_trace_each() {
         "mosaic.billing.v1.CreditService",
         "Consume",
     );
+    // Billing applies a charge in one PostgreSQL message (`postgresql write`).
     assert!(
         children(&append, billing)
             .iter()
-            .any(|s| s.name == "postgresql transaction"
+            .any(|s| s.name.starts_with("postgresql ")
+                && s.kind == SpanKind::Client as i32
                 && s.attributes["db.system.name"] == "postgresql"),
-        "billing's transaction: {shown}"
+        "billing's write: {shown}"
     );
+    // Only the spans made for export: no internal (`#[instrument]`) ones.
+    for span in start.iter().chain(&append) {
+        assert!(
+            span.kind == SpanKind::Server as i32 || span.kind == SpanKind::Client as i32,
+            "{span:#?}"
+        );
+    }
     // Every span of the two traces hangs off the tree (no orphans).
     for (trace, spans, root) in [
         (&start_trace, &start, start_parent),

@@ -9,8 +9,9 @@
 //! Spans, when exported: the RPC's server span (`mosaic_tenant`), client
 //! spans for each PostgreSQL transaction or one-message read/write
 //! (`mosaic_db`), Redis command group (`mosaic_cache`), MongoDB command
-//! (`mosaic_mongo`) and peer call (`mosaic_tenant::PeerChannel`). Only spans
-//! of Mosaic's own crates are exported, and no log event: logs stay logs.
+//! (`mosaic_mongo`) and peer call (`mosaic_tenant::PeerChannel`). Only these
+//! (Mosaic's own spans at `info` and above) are exported, and no log event:
+//! logs stay logs.
 //! The child spans are never entered, so log lines keep the `rpc` span.
 //!
 //! Export never blocks a call: a finished span goes into a bounded queue
@@ -239,8 +240,13 @@ pub fn init_telemetry(
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
+        // Mosaic's own spans at info and above: the ones made for export.
+        // Not the storage functions' `debug` `#[instrument]` spans, whose
+        // fields a later edit could fill with arguments.
         .with_filter(filter_fn(|meta| {
-            meta.is_span() && meta.target().starts_with("mosaic")
+            meta.is_span()
+                && *meta.level() <= tracing::Level::INFO
+                && meta.target().starts_with("mosaic")
         }));
     let installed = tracing_subscriber::registry()
         .with(log_layer(json).with_filter(env_filter))
