@@ -184,7 +184,8 @@ for a in json.load(sys.stdin)["data"]["alerts"]:
 }
 fired=0
 while [ $(($(date +%s) - stopped_at)) -lt 150 ]; do
-  if alerts | grep -q '^firing MosaicNotServing mosaic.identity.v1.TenantService'; then
+  now=$(alerts)
+  if printf '%s\n' "$now" | grep -q '^firing MosaicNotServing mosaic.identity.v1.TenantService'; then
     fired=1
     break
   fi
