@@ -6,9 +6,10 @@
 //! the release's `status = 'pending'` condition lets one of them win, and
 //! the others find the hold resolved and move on.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mosaic_api::ApiResult;
+use mosaic_core::LogEvery;
 use mosaic_db::{Database, TenantContext};
 use mosaic_server::Shutdown;
 
@@ -23,7 +24,7 @@ pub async fn run(db: Database, interval: Duration, stop: Shutdown) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
-    let mut last_warning: Option<Instant> = None;
+    let warnings = LogEvery::new(Duration::from_secs(60));
     loop {
         tokio::select! {
             () = &mut stopped => return,
@@ -36,10 +37,13 @@ pub async fn run(db: Database, interval: Duration, stop: Shutdown) {
                 Ok(_) => {}
                 Err(e) => {
                     // Said at most once a minute (the database may be down).
-                    if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
-                        tracing::warn!(error = %e, "hold sweep failed; retrying next round");
-                        last_warning = Some(Instant::now());
-                    }
+                    warnings.log(|held| {
+                        tracing::warn!(
+                            error = %e,
+                            failed_rounds_since = held,
+                            "hold sweep failed; retrying next round"
+                        );
+                    });
                     break;
                 }
             }

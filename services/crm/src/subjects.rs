@@ -14,10 +14,10 @@
 //! Replicas relaying at once are harmless: clearing a subject twice clears
 //! nothing the second time.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mosaic_api::ApiResult;
-use mosaic_core::{Env, StartupError, TenantId};
+use mosaic_core::{Env, LogEvery, StartupError, TenantId};
 use mosaic_db::{Database, TenantContext, db_error};
 use mosaic_proto::agents::approval_service_client::ApprovalServiceClient;
 use mosaic_proto::agents::{ClearSubjectRequest, SubjectType};
@@ -91,8 +91,7 @@ impl Relay {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
-        let mut warned: Option<Instant> = None;
-        let mut failures = 0usize;
+        let warnings = LogEvery::new(WARN_EVERY);
         loop {
             tokio::select! {
                 () = &mut stopped => return,
@@ -100,24 +99,21 @@ impl Relay {
             }
             loop {
                 let round = self.relay_once().await;
-                match &round {
-                    Ok(r) => failures += r.due - r.delivered,
-                    Err(_) => failures += 1,
-                }
-                // Each cause said at most once a minute, with how often it
-                // happened since (the database or agents may be down).
-                if failures > 0 && warned.is_none_or(|at| at.elapsed() > WARN_EVERY) {
-                    let error = match &round {
-                        Ok(r) => r.last_error.clone(),
-                        Err(e) => Some(e.message().to_owned()),
-                    };
-                    tracing::warn!(
-                        failures,
-                        error,
-                        "deleted subjects not yet delivered to agents; retrying with a backoff"
-                    );
-                    warned = Some(Instant::now());
-                    failures = 0;
+                let failed = match &round {
+                    Ok(r) if r.delivered < r.due => r.last_error.clone(),
+                    Ok(_) => None,
+                    Err(e) => Some(e.message().to_owned()),
+                };
+                // Said at most once a minute, with how many rounds failed
+                // since (the database or agents may be down).
+                if let Some(error) = failed {
+                    warnings.log(|held| {
+                        tracing::warn!(
+                            error,
+                            failed_rounds_since = held,
+                            "deleted subjects not yet delivered to agents; retrying with a backoff"
+                        );
+                    });
                 }
                 match round {
                     Ok(r) if r.due == BATCH as usize && r.delivered > 0 => {
