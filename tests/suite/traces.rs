@@ -226,7 +226,15 @@ fn with_trace<T>(
 async fn start_traced(
     otlp: &str,
     extra: &[(&str, String)],
-) -> (tokio::process::Child, tonic::transport::Channel) {
+) -> (
+    tokio::process::Child,
+    tonic::transport::Channel,
+    tokio::sync::MutexGuard<'static, ()>,
+) {
+    // One traced process at a time: each holds PostgreSQL connections of its
+    // own beside the in-process suite's, on a server that allows 100.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let turn = ONE_AT_A_TIME.lock().await;
     let port = crate::harness::child_port();
     let mut env = child_env(port, otlp);
     env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
@@ -255,7 +263,7 @@ async fn start_traced(
         }
     }
     assert!(serving, "the traced suite never became SERVING");
-    (child, channel.connect_lazy())
+    (child, channel.connect_lazy(), turn)
 }
 
 /// One Prometheus sample of the process's metrics on `addr`, by a plain HTTP GET.
@@ -281,10 +289,11 @@ async fn a_collector_that_refuses_costs_the_calls_nothing_and_its_spans_are_coun
         listener.local_addr().unwrap()
     };
     let metrics = format!("127.0.0.1:{}", crate::harness::child_port());
-    let (mut child, channel) = start_traced(
+    let (mut child, channel, _turn) = start_traced(
         &format!("http://{refused}"),
         &[
             ("MOSAIC_METRICS_ADDR", metrics.clone()),
+            ("MOSAIC_DB_MAX_CONNECTIONS", "1".to_owned()),
             ("OTEL_TRACES_SAMPLER", "always_on".to_owned()),
         ],
     )
@@ -339,7 +348,7 @@ async fn a_conversation_start_and_a_charged_append_are_one_trace_each() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
 
-    let (mut child, channel) = start_traced(&otlp, &[]).await;
+    let (mut child, channel, _turn) = start_traced(&otlp, &[]).await;
 
     let token = tenant.token("admin");
     let start_trace = Uuid::new_v4().simple().to_string();
