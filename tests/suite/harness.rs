@@ -79,7 +79,7 @@ pub(crate) fn env() -> Env {
         .with("MOSAIC_METRICS_ADDR", "off")
         .with("MOSAIC_PROBE_INTERVAL_MS", "200")
         .with("MOSAIC_SHUTDOWN_TIMEOUT_SECS", "5")
-        .with("MOSAIC_DB_MAX_CONNECTIONS", "10")
+        .with("MOSAIC_DB_MAX_CONNECTIONS", "6")
         .with("MOSAIC_DB_MIN_CONNECTIONS", "0")
         .with("MOSAIC_DB_READ_CONNECTIONS", "2")
         .with("MOSAIC_CONVERSATIONS_MONGODB_URL", mongo_url())
@@ -364,9 +364,11 @@ pub(crate) use crate::ports::child_port;
 /// token key, plus overrides such as another Redis), and a channel to it.
 /// It shares the database, so tenants made through [`app`] exist in it.
 pub(crate) async fn suite_with(env: Env) -> Channel {
-    // Few connections: the shared suite holds most of what PostgreSQL allows.
+    // Few connections: the shared suite holds most of what PostgreSQL allows,
+    // and a suite of its own keeps what it opened until the test binary ends.
     let env = env
-        .with("MOSAIC_DB_MAX_CONNECTIONS", "4")
+        .with("MOSAIC_DB_MAX_CONNECTIONS", "2")
+        .with("MOSAIC_DB_MIN_CONNECTIONS", "0")
         .with("MOSAIC_DB_READ_CONNECTIONS", "1");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
