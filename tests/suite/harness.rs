@@ -79,7 +79,7 @@ pub(crate) fn env() -> Env {
         .with("MOSAIC_METRICS_ADDR", "off")
         .with("MOSAIC_PROBE_INTERVAL_MS", "200")
         .with("MOSAIC_SHUTDOWN_TIMEOUT_SECS", "5")
-        .with("MOSAIC_DB_MAX_CONNECTIONS", "6")
+        .with("MOSAIC_DB_MAX_CONNECTIONS", "10")
         .with("MOSAIC_DB_MIN_CONNECTIONS", "0")
         .with("MOSAIC_DB_READ_CONNECTIONS", "2")
         .with("MOSAIC_CONVERSATIONS_MONGODB_URL", mongo_url())
