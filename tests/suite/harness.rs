@@ -364,11 +364,9 @@ pub(crate) use crate::ports::child_port;
 /// token key, plus overrides such as another Redis), and a channel to it.
 /// It shares the database, so tenants made through [`app`] exist in it.
 pub(crate) async fn suite_with(env: Env) -> Channel {
-    // Few connections: the shared suite holds most of what PostgreSQL allows,
-    // and a suite of its own keeps what it opened until the test binary ends.
+    // Few connections: the shared suite holds most of what PostgreSQL allows.
     let env = env
-        .with("MOSAIC_DB_MAX_CONNECTIONS", "2")
-        .with("MOSAIC_DB_MIN_CONNECTIONS", "0")
+        .with("MOSAIC_DB_MAX_CONNECTIONS", "4")
         .with("MOSAIC_DB_READ_CONNECTIONS", "1");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

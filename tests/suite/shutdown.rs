@@ -23,11 +23,6 @@ async fn sigterm_with_an_open_stream_exits_within_the_deadline() {
         .env("MOSAIC_METRICS_ADDR", "off")
         .env("MOSAIC_SHUTDOWN_TIMEOUT_SECS", "2")
         .env("MOSAIC_LOG", "warn")
-        // Few connections: the in-process suite holds most of what the
-        // shared PostgreSQL allows.
-        .env("MOSAIC_DB_MAX_CONNECTIONS", "2")
-        .env("MOSAIC_DB_MIN_CONNECTIONS", "0")
-        .env("MOSAIC_DB_READ_CONNECTIONS", "1")
         .env("MOSAIC_JWT_HS256_SECRET", secret)
         // The test database's data keys are wrapped by the tests' keyring.
         .env("MOSAIC_VAULT_MASTER_KEY", crate::harness::master_key())

@@ -221,26 +221,24 @@ fn with_trace<T>(
     request
 }
 
-/// The real `mosaic serve`, exporting to `otlp`, with `extra` settings on
-/// top; returns once it is SERVING.
-async fn start_traced(
-    otlp: &str,
-    extra: &[(&str, String)],
-) -> (
-    tokio::process::Child,
-    tonic::transport::Channel,
-    tokio::sync::MutexGuard<'static, ()>,
-) {
-    // One traced process at a time: each holds PostgreSQL connections of its
-    // own beside the in-process suite's, on a server that allows 100.
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let turn = ONE_AT_A_TIME.lock().await;
+#[tokio::test]
+async fn a_conversation_start_and_a_charged_append_are_one_trace_each() {
+    let tenant = ConvTenant::with_credits(1_000).await;
+
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = format!("http://{}", listener.local_addr().unwrap());
+    let collected = receiver.0.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
     let port = crate::harness::child_port();
-    let mut env = child_env(port, otlp);
-    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mosaic"))
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mosaic"))
         .arg("serve")
-        .envs(env)
+        .envs(child_env(port, &otlp))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -263,92 +261,7 @@ async fn start_traced(
         }
     }
     assert!(serving, "the traced suite never became SERVING");
-    (child, channel.connect_lazy(), turn)
-}
-
-/// One Prometheus sample of the process's metrics on `addr`, by a plain HTTP GET.
-async fn metric(addr: &str, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.ok()?;
-    body.lines().find_map(|line| {
-        let (key, value) = line.split_once(' ')?;
-        (key == name).then(|| value.trim().parse().ok()).flatten()
-    })
-}
-
-#[tokio::test]
-async fn a_collector_that_refuses_costs_the_calls_nothing_and_its_spans_are_counted() {
-    let tenant = app().new_tenant().await;
-    // A port nothing listens on: every export is refused.
-    let refused = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    let metrics = format!("127.0.0.1:{}", crate::harness::child_port());
-    let (mut child, channel, _turn) = start_traced(
-        &format!("http://{refused}"),
-        &[
-            ("MOSAIC_METRICS_ADDR", metrics.clone()),
-            ("MOSAIC_DB_MAX_CONNECTIONS", "1".to_owned()),
-            ("OTEL_TRACES_SAMPLER", "always_on".to_owned()),
-        ],
-    )
-    .await;
-    let mut client =
-        mosaic_proto::identity::tenant_service_client::TenantServiceClient::new(channel);
-    let mut slowest = Duration::ZERO;
-    for _ in 0..200 {
-        let sent = Instant::now();
-        client
-            .get_tenant(crate::harness::authed(
-                mosaic_proto::identity::GetTenantRequest {
-                    tenant_id: tenant.id.to_string(),
-                },
-                &tenant.owner_token,
-            ))
-            .await
-            .expect("a call while the collector refuses");
-        slowest = slowest.max(sent.elapsed());
-    }
-    assert!(slowest < Duration::from_secs(1), "slowest call {slowest:?}");
-    // The batch leaves within a second and is refused at once.
-    let until = Instant::now() + Duration::from_secs(15);
-    let dropped = loop {
-        let dropped = metric(&metrics, "mosaic_otel_spans_dropped_total")
-            .await
-            .unwrap_or(0.0);
-        if dropped >= 200.0 || Instant::now() > until {
-            break dropped;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    assert!(dropped >= 200.0, "dropped {dropped}");
-    assert_eq!(
-        metric(&metrics, "mosaic_otel_spans_exported_total").await,
-        Some(0.0)
-    );
-    let _ = child.kill().await;
-}
-
-#[tokio::test]
-async fn a_conversation_start_and_a_charged_append_are_one_trace_each() {
-    let tenant = ConvTenant::with_credits(1_000).await;
-
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = format!("http://{}", listener.local_addr().unwrap());
-    let collected = receiver.0.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-
-    let (mut child, channel, _turn) = start_traced(&otlp, &[]).await;
+    let channel = channel.connect_lazy();
 
     let token = tenant.token("admin");
     let start_trace = Uuid::new_v4().simple().to_string();
